@@ -1,0 +1,37 @@
+#!/bin/sh
+# Installs the Debian packages the module needs to build, run, test and
+# benchmark, skipping those already installed.  Debian 12 (bookworm).
+
+set -eu
+
+packages="
+    build-essential nginx nginx-dev libhiredis-dev libyajl-dev libssl-dev
+    libpcre2-dev zlib1g-dev redis-server redis-tools nutcracker curl
+    libtest-base-perl libtext-diff-perl libtest-longstring-perl
+    liblist-moreutils-perl libwww-perl liburi-perl libipc-run-perl
+    libredis-perl
+"
+
+if [ "${1:-}" = "--bench" ]; then
+    packages="$packages wrk gnuplot-nox"
+fi
+
+missing=""
+for p in $packages; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+[ -z "$missing" ] && exit 0
+
+echo "installing:$missing"
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then
+    sudo="sudo"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends $missing

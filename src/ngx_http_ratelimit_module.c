@@ -1,0 +1,640 @@
+
+/*
+ * Global API rate limiter: directives, configuration and module hooks.
+ */
+
+
+#include "ngx_http_ratelimit_module.h"
+
+
+static void *ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post,
+    void *data);
+static ngx_int_t ngx_http_ratelimit_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_ratelimit_init_process(ngx_cycle_t *cycle);
+static void ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_ratelimit_algorithms[] = {
+    { ngx_string("token_bucket"), NGX_HTTP_RATELIMIT_TOKEN_BUCKET },
+    { ngx_string("sliding_window"), NGX_HTTP_RATELIMIT_SLIDING_WINDOW },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_ratelimit_fail_policies[] = {
+    { ngx_string("open"), NGX_HTTP_RATELIMIT_FAIL_OPEN },
+    { ngx_string("closed"), NGX_HTTP_RATELIMIT_FAIL_CLOSED },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_ratelimit_header_sets[] = {
+    { ngx_string("off"), NGX_HTTP_RATELIMIT_HEADERS_OFF },
+    { ngx_string("on"), NGX_HTTP_RATELIMIT_HEADERS_DRAFT },
+    { ngx_string("legacy"), NGX_HTTP_RATELIMIT_HEADERS_LEGACY },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_ratelimit_status_bounds = {
+    ngx_conf_check_num_bounds, 400, 599
+};
+
+
+static ngx_conf_post_t  ngx_http_ratelimit_timeout_post = {
+    ngx_http_ratelimit_check_timeout
+};
+
+
+static ngx_command_t  ngx_http_ratelimit_commands[] = {
+
+    { ngx_string("ratelimit_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
+      ngx_http_ratelimit_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, timeout),
+      &ngx_http_ratelimit_timeout_post },
+
+    { ngx_string("ratelimit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_ratelimit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_default"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
+      ngx_http_ratelimit_default,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_algorithm"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, algorithm),
+      &ngx_http_ratelimit_algorithms },
+
+    { ngx_string("ratelimit_fail"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, fail),
+      &ngx_http_ratelimit_fail_policies },
+
+    { ngx_string("ratelimit_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, status),
+      &ngx_http_ratelimit_status_bounds },
+
+    { ngx_string("ratelimit_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, headers),
+      &ngx_http_ratelimit_header_sets },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_ratelimit_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_ratelimit_init,               /* postconfiguration */
+
+    ngx_http_ratelimit_create_main_conf,   /* create main configuration */
+    ngx_http_ratelimit_init_main_conf,     /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_ratelimit_create_loc_conf,    /* create location configuration */
+    ngx_http_ratelimit_merge_loc_conf      /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_ratelimit_module = {
+    NGX_MODULE_V1,
+    &ngx_http_ratelimit_module_ctx,        /* module context */
+    ngx_http_ratelimit_commands,           /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_ratelimit_init_process,       /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_ratelimit_exit_process,       /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_ratelimit_main_conf_t));
+    if (rmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     rmcf->shm_zone = NULL;
+     *     rmcf->used = 0;
+     */
+
+    if (ngx_array_init(&rmcf->shards, cf->pool, 4,
+                       sizeof(ngx_http_ratelimit_shard_conf_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    rmcf->timeout = NGX_CONF_UNSET_MSEC;
+
+    return rmcf;
+}
+
+
+static char *
+ngx_http_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_ratelimit_main_conf_t *rmcf = conf;
+
+    ngx_conf_init_msec_value(rmcf->timeout, 50);
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_ratelimit_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_ratelimit_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->keys = NGX_CONF_UNSET_PTR;
+    conf->limit = NGX_CONF_UNSET_UINT;
+    conf->window = NGX_CONF_UNSET_MSEC;
+    conf->algorithm = NGX_CONF_UNSET_UINT;
+    conf->fail = NGX_CONF_UNSET_UINT;
+    conf->status = NGX_CONF_UNSET_UINT;
+    conf->headers = NGX_CONF_UNSET_UINT;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_ratelimit_loc_conf_t *prev = parent;
+    ngx_http_ratelimit_loc_conf_t *conf = child;
+
+    ngx_conf_merge_ptr_value(conf->keys, prev->keys, NULL);
+
+    if (conf->limit == NGX_CONF_UNSET_UINT) {
+        conf->limit = prev->limit;
+        conf->window = prev->window;
+    }
+
+    ngx_conf_merge_uint_value(conf->limit, prev->limit, 100);
+    ngx_conf_merge_msec_value(conf->window, prev->window, 60000);
+    ngx_conf_merge_uint_value(conf->algorithm, prev->algorithm,
+                              NGX_HTTP_RATELIMIT_TOKEN_BUCKET);
+    ngx_conf_merge_uint_value(conf->fail, prev->fail,
+                              NGX_HTTP_RATELIMIT_FAIL_OPEN);
+    ngx_conf_merge_uint_value(conf->status, prev->status,
+                              NGX_HTTP_TOO_MANY_REQUESTS);
+    ngx_conf_merge_uint_value(conf->headers, prev->headers,
+                              NGX_HTTP_RATELIMIT_HEADERS_DRAFT);
+
+    return NGX_CONF_OK;
+}
+
+
+/* ratelimit_zone name:size */
+
+static char *
+ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_main_conf_t *rmcf = conf;
+
+    u_char                     *p;
+    ssize_t                     size;
+    ngx_str_t                  *value, name, s;
+    ngx_http_ratelimit_zone_t  *zone;
+
+    if (rmcf->shm_zone) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    p = (u_char *) ngx_strchr(value[1].data, ':');
+
+    if (p == NULL || p == value[1].data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone \"%V\", expected \"name:size\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data;
+    name.len = p - value[1].data;
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (16 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_ratelimit_zone_t));
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    zone->main_conf = rmcf;
+
+    rmcf->shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                           &ngx_http_ratelimit_module);
+    if (rmcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rmcf->shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate zone \"%V\"", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    rmcf->shm_zone->init = ngx_http_ratelimit_init_zone;
+    rmcf->shm_zone->data = zone;
+
+    return NGX_CONF_OK;
+}
+
+
+/* ratelimit_redis host:port [weight=N] [password=SECRET] */
+
+static char *
+ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_main_conf_t *rmcf = conf;
+
+    ngx_int_t                         weight;
+    ngx_str_t                        *value, s;
+    ngx_url_t                         u;
+    ngx_uint_t                        i;
+    ngx_http_ratelimit_shard_conf_t  *shard, *other;
+
+    value = cf->args->elts;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = value[1];
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in shard address \"%V\"", u.err, &u.url);
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid shard address \"%V\"", &u.url);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.naddrs == 0 || u.uri.len || u.family == AF_UNIX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid shard address \"%V\", "
+                           "expected \"host:port\"", &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    shard = ngx_array_push(&rmcf->shards);
+    if (shard == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(shard, sizeof(ngx_http_ratelimit_shard_conf_t));
+
+    /* twemproxy names a server "host:port" as written: keep the ring equal */
+
+    shard->name.len = u.host.len + 1 + NGX_INT_T_LEN;
+    shard->name.data = ngx_pnalloc(cf->pool, shard->name.len);
+    if (shard->name.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    shard->name.len = ngx_sprintf(shard->name.data, "%V:%d", &u.host, u.port)
+                      - shard->name.data;
+
+    if (shard->name.len > sizeof(((ngx_http_ratelimit_health_t *) 0)->name)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "shard address \"%V\" is too long", &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    shard->addr = u.addrs[0];
+    shard->addr.name = shard->name;
+    shard->weight = 1;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "weight=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            weight = ngx_atoi(s.data, s.len);
+
+            if (weight == NGX_ERROR || weight < 1 || weight > 1000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid weight \"%V\", "
+                                   "must be 1 to 1000", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            shard->weight = weight;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
+            shard->password.data = value[i].data + 9;
+            shard->password.len = value[i].len - 9;
+
+            if (shard->password.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "empty password in \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    other = rmcf->shards.elts;
+
+    for (i = 0; i < rmcf->shards.nelts - 1; i++) {
+        if (other[i].name.len == shard->name.len
+            && ngx_strncmp(other[i].name.data, shard->name.data,
+                           shard->name.len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate shard \"%V\"", &shard->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* ratelimit $key [$fallback ...] | off */
+
+static char *
+ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_loc_conf_t *rlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_uint_t                         i;
+    ngx_http_complex_value_t          *cv;
+    ngx_http_ratelimit_main_conf_t    *rmcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (rlcf->keys != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        rlcf->keys = NULL;
+        return NGX_CONF_OK;
+    }
+
+    rlcf->keys = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                  sizeof(ngx_http_complex_value_t));
+    if (rlcf->keys == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (value[i].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty key in \"ratelimit\"");
+            return NGX_CONF_ERROR;
+        }
+
+        cv = ngx_array_push(rlcf->keys);
+        if (cv == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &value[i];
+        ccv.complex_value = cv;
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+    rmcf->used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* ratelimit_default limit window */
+
+static char *
+ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_loc_conf_t *rlcf = conf;
+
+    ngx_int_t   limit, window;
+    ngx_str_t  *value;
+
+    if (rlcf->limit != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    limit = ngx_atoi(value[1].data, value[1].len);
+
+    if (limit == NGX_ERROR || limit < 1
+        || limit > NGX_HTTP_RATELIMIT_MAX_LIMIT)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid limit \"%V\", must be 1 to %d",
+                           &value[1], NGX_HTTP_RATELIMIT_MAX_LIMIT);
+        return NGX_CONF_ERROR;
+    }
+
+    window = ngx_parse_time(&value[2], 0);
+
+    if (window == NGX_ERROR
+        || window < NGX_HTTP_RATELIMIT_MIN_WINDOW
+        || window > NGX_HTTP_RATELIMIT_MAX_WINDOW)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid window \"%V\", must be 1s to 1d",
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (window % 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid window \"%V\", must be whole seconds",
+                           &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    rlcf->limit = limit;
+    rlcf->window = window;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t  *timeout = data;
+
+    if (*timeout == 0) {
+        return "must be greater than 0";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt             *h;
+    ngx_http_core_main_conf_t       *cmcf;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+
+    if (!rmcf->used) {
+        return NGX_OK;
+    }
+
+    if (rmcf->shards.nelts == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"ratelimit\" is used but no \"ratelimit_redis\" "
+                      "shard is configured");
+        return NGX_ERROR;
+    }
+
+    if (rmcf->shm_zone == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"ratelimit\" is used but no \"ratelimit_zone\" "
+                      "is configured");
+        return NGX_ERROR;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_ratelimit_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_ratelimit_module);
+
+    if (rmcf == NULL || !rmcf->used) {
+        return NGX_OK;
+    }
+
+    return ngx_http_ratelimit_redis_init_process(cycle, rmcf);
+}
+
+
+static void
+ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_redis_exit_process(cycle);
+}

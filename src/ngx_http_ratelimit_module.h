@@ -1,0 +1,176 @@
+
+/*
+ * Global API rate limiter: types shared by the module's files.
+ *
+ * The module is split by responsibility:
+ *   ngx_http_ratelimit_module.c   directives, configuration, module hooks
+ *   ngx_http_ratelimit_handler.c  the access-phase check and the deny answer
+ *   ngx_http_ratelimit_redis.c    per-worker pipelined connections to shards
+ *   ngx_http_ratelimit_zone.c     the shared memory zone: ring, shard health,
+ *                                 deny cache
+ *   rl_*.c                        nginx-free logic (ring, reply decoding)
+ */
+
+
+#ifndef _NGX_HTTP_RATELIMIT_MODULE_H_INCLUDED_
+#define _NGX_HTTP_RATELIMIT_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <hiredis/hiredis.h>
+
+#include "rl_ketama.h"
+#include "rl_reply.h"
+
+
+#define NGX_HTTP_RATELIMIT_TOKEN_BUCKET     0
+#define NGX_HTTP_RATELIMIT_SLIDING_WINDOW   1
+#define NGX_HTTP_RATELIMIT_NALGORITHMS      2
+
+#define NGX_HTTP_RATELIMIT_FAIL_OPEN        0
+#define NGX_HTTP_RATELIMIT_FAIL_CLOSED      1
+
+#define NGX_HTTP_RATELIMIT_HEADERS_OFF      0
+#define NGX_HTTP_RATELIMIT_HEADERS_DRAFT    1
+#define NGX_HTTP_RATELIMIT_HEADERS_LEGACY   2
+
+#define NGX_HTTP_RATELIMIT_MAX_LIMIT        1000000000
+#define NGX_HTTP_RATELIMIT_MIN_WINDOW       1000
+#define NGX_HTTP_RATELIMIT_MAX_WINDOW       86400000
+
+/*
+ * Caller keys longer than this are replaced by their SHA-1 in the Redis key,
+ * so a huge user id costs a bounded key in Redis and in shared memory.
+ */
+#define NGX_HTTP_RATELIMIT_MAX_RAW_KEY      128
+
+/* "rl:tb:" + "#" + 40 hex digits, or "rl:tb:" + raw key */
+#define NGX_HTTP_RATELIMIT_MAX_REDIS_KEY    (6 + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
+
+
+/* one "ratelimit_redis" line */
+typedef struct {
+    ngx_str_t                       name;       /* "host:port", ring name */
+    ngx_addr_t                      addr;
+    ngx_uint_t                      weight;
+    ngx_str_t                       password;
+} ngx_http_ratelimit_shard_conf_t;
+
+
+/* shared memory: what every worker knows about one shard */
+typedef struct {
+    ngx_atomic_t                    down_until;  /* ngx_current_msec, 0: up */
+    ngx_atomic_t                    failures;    /* consecutive */
+    u_char                          name[64];
+    size_t                          name_len;
+} ngx_http_ratelimit_health_t;
+
+
+/* shared memory: the ketama ring of one configuration generation */
+typedef struct {
+    ngx_uint_t                      nshards;
+    ngx_http_ratelimit_health_t    *health;
+    ngx_uint_t                      npoints;
+    rl_ketama_point_t              *points;
+    uint32_t                        fingerprint;  /* of names and weights */
+} ngx_http_ratelimit_ring_t;
+
+
+typedef struct {
+    ngx_atomic_t                    checks;         /* sent to Redis */
+    ngx_atomic_t                    allowed;
+    ngx_atomic_t                    denied;
+    ngx_atomic_t                    failed;         /* took the fail path */
+} ngx_http_ratelimit_stats_t;
+
+
+/* shared memory: the zone's root */
+typedef struct {
+    ngx_http_ratelimit_ring_t      *ring;
+    ngx_http_ratelimit_ring_t      *previous_ring;
+    ngx_http_ratelimit_stats_t      stats;
+} ngx_http_ratelimit_shctx_t;
+
+
+typedef struct {
+    ngx_http_ratelimit_shctx_t     *sh;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_ratelimit_ring_t      *ring;       /* this configuration's */
+    void                           *main_conf;
+} ngx_http_ratelimit_zone_t;
+
+
+typedef struct {
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_array_t                     shards;     /* shard_conf_t */
+    ngx_msec_t                      timeout;
+    ngx_flag_t                      used;       /* some location limits */
+} ngx_http_ratelimit_main_conf_t;
+
+
+typedef struct {
+    ngx_array_t                    *keys;       /* complex values, NULL: off */
+    ngx_uint_t                      limit;
+    ngx_msec_t                      window;
+    ngx_uint_t                      algorithm;
+    ngx_uint_t                      fail;
+    ngx_uint_t                      status;
+    ngx_uint_t                      headers;
+} ngx_http_ratelimit_loc_conf_t;
+
+
+/* per worker: Redis connections */
+
+typedef struct ngx_http_ratelimit_conn_s  ngx_http_ratelimit_conn_t;
+typedef struct ngx_http_ratelimit_slot_s  ngx_http_ratelimit_slot_t;
+
+/*
+ * Called once per queued command, from an event handler, never from inside
+ * ngx_http_ratelimit_redis_send(): with the reply, or with NULL when the
+ * connection failed before the reply came.  The reply is freed afterwards.
+ */
+typedef void (*ngx_http_ratelimit_reply_pt)(void *data, redisReply *reply);
+
+
+ngx_int_t ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_main_conf_t *rmcf);
+void ngx_http_ratelimit_redis_exit_process(ngx_cycle_t *cycle);
+ngx_http_ratelimit_conn_t *ngx_http_ratelimit_redis_conn(ngx_uint_t shard);
+ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_send(
+    ngx_http_ratelimit_conn_t *conn, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_ratelimit_reply_pt handler, void *data);
+void ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot);
+void ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
+    const char *reason);
+ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);
+
+
+/* shared memory zone */
+
+#define NGX_HTTP_RATELIMIT_SHARD_UP      0
+#define NGX_HTTP_RATELIMIT_SHARD_PROBE   1
+#define NGX_HTTP_RATELIMIT_SHARD_DOWN    2
+
+ngx_int_t ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+ngx_uint_t ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring,
+    u_char *key, size_t len);
+ngx_uint_t ngx_http_ratelimit_shard_state(ngx_http_ratelimit_health_t *h);
+ngx_msec_t ngx_http_ratelimit_shard_retry_in(ngx_http_ratelimit_health_t *h);
+void ngx_http_ratelimit_shard_failed(ngx_http_ratelimit_health_t *h,
+    ngx_log_t *log, const char *reason);
+void ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_health_t *h,
+    ngx_log_t *log);
+
+
+/* handler */
+
+ngx_int_t ngx_http_ratelimit_handler(ngx_http_request_t *r);
+
+
+extern ngx_module_t  ngx_http_ratelimit_module;
+
+
+#endif /* _NGX_HTTP_RATELIMIT_MODULE_H_INCLUDED_ */

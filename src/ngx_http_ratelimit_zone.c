@@ -1,0 +1,332 @@
+
+/*
+ * Global API rate limiter: the shared memory zone.
+ *
+ * The master builds the ketama ring here once per configuration; every
+ * worker reads it in place.  Shard health lives beside the ring so that one
+ * worker's discovery that a shard is down spares the others the timeout.
+ */
+
+
+#include "ngx_http_ratelimit_module.h"
+
+
+/* a shard marked down is probed again after this, doubling up to the cap */
+#define NGX_HTTP_RATELIMIT_PROBE_MIN   250
+#define NGX_HTTP_RATELIMIT_PROBE_MAX   2000
+
+
+static ngx_http_ratelimit_ring_t *ngx_http_ratelimit_ring_create(
+    ngx_http_ratelimit_zone_t *zone, ngx_log_t *log);
+static uint32_t ngx_http_ratelimit_ring_fingerprint(
+    ngx_http_ratelimit_main_conf_t *rmcf);
+static void ngx_http_ratelimit_ring_free(ngx_slab_pool_t *shpool,
+    ngx_http_ratelimit_ring_t *ring);
+
+
+ngx_int_t
+ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_ratelimit_zone_t  *ozone = data;
+
+    size_t                           len;
+    uint32_t                         fingerprint;
+    ngx_http_ratelimit_ring_t       *ring;
+    ngx_http_ratelimit_zone_t       *zone;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    zone = shm_zone->data;
+    rmcf = zone->main_conf;
+
+    if (ozone) {
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+
+    } else {
+        zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+        if (shm_zone->shm.exists) {
+            zone->sh = zone->shpool->data;
+
+        } else {
+            zone->sh = ngx_slab_calloc(zone->shpool,
+                                       sizeof(ngx_http_ratelimit_shctx_t));
+            if (zone->sh == NULL) {
+                return NGX_ERROR;
+            }
+
+            zone->shpool->data = zone->sh;
+
+            len = sizeof(" in ratelimit zone \"\"") + shm_zone->shm.name.len;
+
+            zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+            if (zone->shpool->log_ctx == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_sprintf(zone->shpool->log_ctx, " in ratelimit zone \"%V\"%Z",
+                        &shm_zone->shm.name);
+
+            zone->shpool->log_nomem = 0;
+        }
+    }
+
+    if (rmcf->shards.nelts == 0) {
+        return NGX_OK;
+    }
+
+    /*
+     * A reload with the same shards keeps the ring and its health state.
+     * Otherwise the old ring stays in place for the old workers that are
+     * still finishing their requests; the one before it is freed.
+     */
+
+    fingerprint = ngx_http_ratelimit_ring_fingerprint(rmcf);
+
+    if (zone->sh->ring && zone->sh->ring->fingerprint == fingerprint) {
+        zone->ring = zone->sh->ring;
+        return NGX_OK;
+    }
+
+    ring = ngx_http_ratelimit_ring_create(zone, shm_zone->shm.log);
+    if (ring == NULL) {
+        return NGX_ERROR;
+    }
+
+    ring->fingerprint = fingerprint;
+
+    if (zone->sh->previous_ring) {
+        ngx_http_ratelimit_ring_free(zone->shpool, zone->sh->previous_ring);
+    }
+
+    zone->sh->previous_ring = zone->sh->ring;
+    zone->sh->ring = ring;
+    zone->ring = ring;
+
+    return NGX_OK;
+}
+
+
+static ngx_http_ratelimit_ring_t *
+ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone, ngx_log_t *log)
+{
+    size_t                            n;
+    ngx_uint_t                        i;
+    rl_ketama_server_t               *servers;
+    ngx_http_ratelimit_ring_t        *ring;
+    ngx_http_ratelimit_shard_conf_t  *shard;
+    ngx_http_ratelimit_main_conf_t   *rmcf;
+
+    rmcf = zone->main_conf;
+    shard = rmcf->shards.elts;
+
+    servers = ngx_alloc(rmcf->shards.nelts * sizeof(rl_ketama_server_t), log);
+    if (servers == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < rmcf->shards.nelts; i++) {
+        servers[i].name = shard[i].name.data;
+        servers[i].name_len = shard[i].name.len;
+        servers[i].weight = (uint32_t) shard[i].weight;
+    }
+
+    ring = ngx_slab_calloc(zone->shpool, sizeof(ngx_http_ratelimit_ring_t));
+    if (ring == NULL) {
+        goto failed;
+    }
+
+    ring->nshards = rmcf->shards.nelts;
+
+    ring->health = ngx_slab_calloc(zone->shpool,
+                           ring->nshards * sizeof(ngx_http_ratelimit_health_t));
+    if (ring->health == NULL) {
+        goto failed;
+    }
+
+    for (i = 0; i < ring->nshards; i++) {
+        ring->health[i].name_len = shard[i].name.len;
+        ngx_memcpy(ring->health[i].name, shard[i].name.data,
+                   shard[i].name.len);
+    }
+
+    n = rl_ketama_points_needed(servers, rmcf->shards.nelts);
+
+    ring->points = ngx_slab_alloc(zone->shpool,
+                                  n * sizeof(rl_ketama_point_t));
+    if (ring->points == NULL) {
+        goto failed;
+    }
+
+    ring->npoints = rl_ketama_build(servers, rmcf->shards.nelts, ring->points);
+
+    if (ring->npoints == 0) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "ratelimit: could not build the ketama ring");
+        goto failed;
+    }
+
+    ngx_free(servers);
+
+    ngx_log_error(NGX_LOG_INFO, log, 0,
+                  "ratelimit: ketama ring of %ui shards, %ui points",
+                  ring->nshards, ring->npoints);
+
+    return ring;
+
+failed:
+
+    ngx_free(servers);
+
+    if (ring) {
+        ngx_http_ratelimit_ring_free(zone->shpool, ring);
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_ratelimit_ring_free(ngx_slab_pool_t *shpool,
+    ngx_http_ratelimit_ring_t *ring)
+{
+    if (ring->points) {
+        ngx_slab_free(shpool, ring->points);
+    }
+
+    if (ring->health) {
+        ngx_slab_free(shpool, ring->health);
+    }
+
+    ngx_slab_free(shpool, ring);
+}
+
+
+static uint32_t
+ngx_http_ratelimit_ring_fingerprint(ngx_http_ratelimit_main_conf_t *rmcf)
+{
+    uint32_t                          crc;
+    ngx_uint_t                        i;
+    ngx_http_ratelimit_shard_conf_t  *shard;
+
+    shard = rmcf->shards.elts;
+
+    ngx_crc32_init(crc);
+
+    for (i = 0; i < rmcf->shards.nelts; i++) {
+        ngx_crc32_update(&crc, shard[i].name.data, shard[i].name.len);
+        ngx_crc32_update(&crc, (u_char *) &shard[i].weight,
+                         sizeof(ngx_uint_t));
+    }
+
+    ngx_crc32_final(crc);
+
+    return crc;
+}
+
+
+ngx_uint_t
+ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring, u_char *key,
+    size_t len)
+{
+    return rl_ketama_lookup(ring->points, ring->npoints,
+                            rl_ketama_hash(key, len));
+}
+
+
+/*
+ * UP: send.  PROBE: the shard is down but its retry time has come and this
+ * caller won the right to try it.  DOWN: take the fail path now.
+ */
+
+ngx_uint_t
+ngx_http_ratelimit_shard_state(ngx_http_ratelimit_health_t *h)
+{
+    ngx_msec_t        now;
+    ngx_atomic_int_t  failures;
+    ngx_atomic_uint_t until, delay;
+
+    until = h->down_until;
+
+    if (until == 0) {
+        return NGX_HTTP_RATELIMIT_SHARD_UP;
+    }
+
+    now = ngx_current_msec;
+
+    if ((ngx_msec_int_t) (until - now) > 0) {
+        return NGX_HTTP_RATELIMIT_SHARD_DOWN;
+    }
+
+    /* one probe per interval across all workers: whoever moves the mark */
+
+    failures = h->failures;
+    delay = NGX_HTTP_RATELIMIT_PROBE_MIN << ngx_min(failures, 3);
+    delay = ngx_min(delay, NGX_HTTP_RATELIMIT_PROBE_MAX);
+
+    if (ngx_atomic_cmp_set(&h->down_until, until, (now + delay) | 1)) {
+        return NGX_HTTP_RATELIMIT_SHARD_PROBE;
+    }
+
+    return NGX_HTTP_RATELIMIT_SHARD_DOWN;
+}
+
+
+ngx_msec_t
+ngx_http_ratelimit_shard_retry_in(ngx_http_ratelimit_health_t *h)
+{
+    ngx_msec_int_t  left;
+
+    left = (ngx_msec_int_t) (h->down_until - ngx_current_msec);
+
+    return left > 0 ? (ngx_msec_t) left : 0;
+}
+
+
+void
+ngx_http_ratelimit_shard_failed(ngx_http_ratelimit_health_t *h,
+    ngx_log_t *log, const char *reason)
+{
+    ngx_atomic_uint_t  until, failures;
+
+    failures = ngx_atomic_fetch_add(&h->failures, 1) + 1;
+    until = h->down_until;
+
+    /* 0 means up, so a mark is never 0: the low bit is always set */
+
+    if (until == 0
+        && ngx_atomic_cmp_set(&h->down_until, 0,
+                              (ngx_current_msec + NGX_HTTP_RATELIMIT_PROBE_MIN)
+                              | 1))
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "ratelimit: shard %*s marked down: %s",
+                      h->name_len, h->name, reason);
+        return;
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "ratelimit: shard %*s still down (%uA failures)",
+                   h->name_len, h->name, failures);
+}
+
+
+void
+ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_health_t *h, ngx_log_t *log)
+{
+    ngx_atomic_uint_t  until;
+
+    until = h->down_until;
+
+    if (until == 0) {
+        return;
+    }
+
+    if (ngx_atomic_cmp_set(&h->down_until, until, 0)) {
+        h->failures = 0;
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "ratelimit: shard %*s is back up",
+                      h->name_len, h->name);
+    }
+}

@@ -1,0 +1,45 @@
+
+/*
+ * Decoding the limiter scripts' replies: nginx-free, so unit tests can drive
+ * it with replies built by hiredis' own reader.
+ */
+
+
+#ifndef _RL_REPLY_H_INCLUDED_
+#define _RL_REPLY_H_INCLUDED_
+
+
+#include <stdint.h>
+
+#include <hiredis/hiredis.h>
+
+
+typedef struct {
+    int         allowed;
+    long long   remaining;
+    long long   retry_after_ms;   /* 0 when allowed */
+    long long   reset_ms;         /* until the full quota is back */
+} rl_check_result_t;
+
+
+#define RL_REPLY_OK          0
+#define RL_REPLY_NOSCRIPT    1    /* the script is not cached: send EVAL */
+#define RL_REPLY_ERROR       2    /* Redis answered an error */
+#define RL_REPLY_MALFORMED   3    /* not what the scripts return */
+
+
+/*
+ * Decodes {allowed, remaining, retry_after_ms, reset_ms}.  On anything but
+ * RL_REPLY_OK, *why says what was wrong (static or inside the reply).
+ */
+int rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,
+    const char **why);
+
+/* whole seconds for Retry-After: rounded up, at least 1 */
+long long rl_retry_after_seconds(long long ms);
+
+/* whole seconds until a quota is full again: rounded up, 0 when full */
+long long rl_reset_seconds(long long ms);
+
+
+#endif /* _RL_REPLY_H_INCLUDED_ */
