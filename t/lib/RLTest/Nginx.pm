@@ -1,0 +1,197 @@
+package RLTest::Nginx;
+
+# A real nginx with the module loaded, for the suites that need what one
+# Test::Nginx server cannot give: several edge nodes at once, a master with
+# workers, reloads, and clients running in parallel.
+
+use strict;
+use warnings;
+
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(sleep time);
+
+use RLTest::Redis;
+
+my @started;
+
+sub nginx_binary { $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx' }
+
+sub module_path {
+    my $so = $ENV{TEST_NGINX_LOAD_MODULES} || 'build/ngx_http_ratelimit_module.so';
+    die "module $so not built (run make)\n" unless -f $so;
+    return $so;
+}
+
+# RLTest::Nginx->start(http => $text, workers => 2): $text goes inside
+# http {}; "%PORT%" in it is replaced by the port this instance listens on.
+sub start {
+    my ($class, %opt) = @_;
+    my $self = bless {
+        port    => $opt{port} || RLTest::Redis::free_port(),
+        workers => $opt{workers} || 2,
+        http    => $opt{http},
+        main    => $opt{main} || '',
+    }, $class;
+    $self->{dir} = tempdir('rltest-nginx-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    mkdir "$self->{dir}/$_" for qw(conf logs html);
+    chmod 0755, $self->{dir};
+    $self->write_conf;
+
+    my $out = $self->run_nginx();
+    die "nginx did not start: $out\n" . $self->error_log if $?;
+
+    for (1 .. 200) {
+        last if RLTest::Redis::port_open($self->{port});
+        sleep 0.025;
+    }
+    die "nginx is not listening on $self->{port}\n" . $self->error_log
+        unless RLTest::Redis::port_open($self->{port});
+
+    push @started, $self;
+    return $self;
+}
+
+sub write_conf {
+    my ($self, $http) = @_;
+    $self->{http} = $http if defined $http;
+    my $module = module_path();
+    my $body = $self->{http};
+    $body =~ s/%PORT%/$self->{port}/g;
+    my $user = $> == 0 ? "user root;\n" : '';
+
+    open my $fh, '>', "$self->{dir}/conf/nginx.conf" or die $!;
+    print $fh <<"CONF";
+load_module $module;
+${user}daemon on;
+master_process on;
+worker_processes $self->{workers};
+error_log logs/error.log info;
+pid logs/nginx.pid;
+$self->{main}
+events { worker_connections 1024; }
+
+http {
+    access_log off;
+    default_type text/plain;
+$body
+}
+CONF
+    close $fh;
+}
+
+sub run_nginx {
+    my ($self, @args) = @_;
+    my $cmd = join ' ', nginx_binary(), '-p', "$self->{dir}/",
+        '-c', 'conf/nginx.conf', @args;
+    return scalar `$cmd 2>&1`;
+}
+
+sub port { $_[0]{port} }
+
+sub url { "http://127.0.0.1:$_[0]{port}$_[1]" }
+
+sub master_pid {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/logs/nginx.pid" or return;
+    my $pid = <$fh>;
+    chomp $pid;
+    return $pid;
+}
+
+sub error_log {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{dir}/logs/error.log" or return '';
+    local $/;
+    return scalar <$fh>;
+}
+
+# Sends one request; returns HTTP::Tiny's response hash.
+sub request {
+    my ($self, $method, $path, %headers) = @_;
+    my $body = delete $headers{_body};
+    my $http = HTTP::Tiny->new(keep_alive => 0, timeout => 10);
+    return $http->request($method, $self->url($path),
+                          { headers => \%headers,
+                            defined $body ? (content => $body) : () });
+}
+
+sub get {
+    my ($self, $path, %headers) = @_;
+    return $self->request('GET', $path, %headers);
+}
+
+# Replaces the configuration and reloads; waits until the old workers are
+# gone, so that what answers next runs the new configuration.
+sub reload {
+    my ($self, $http) = @_;
+    $self->write_conf($http);
+    my $old = $self->worker_pids;
+    my $out = $self->run_nginx('-s', 'reload');
+    die "reload failed: $out" if $?;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my %now = map { $_ => 1 } @{ $self->worker_pids };
+        last unless grep { $now{$_} } @$old;
+        sleep 0.05;
+    }
+}
+
+sub worker_pids {
+    my ($self) = @_;
+    my $master = $self->master_pid or return [];
+    my @pids = map { /^\s*(\d+)\s+(\d+)/ && $2 == $master ? $1 : () }
+               `ps -eo pid=,ppid=`;
+    return \@pids;
+}
+
+sub stop {
+    my ($self) = @_;
+    my $pid = $self->master_pid or return;
+    return unless kill 0, $pid;
+    kill 'QUIT', $pid;
+    for (1 .. 400) {
+        return unless kill 0, $pid;
+        sleep 0.025;
+    }
+    kill 'KILL', $pid;
+}
+
+END {
+    my $status = $?;
+    $_->stop for @started;
+    $? = $status;
+}
+
+# Runs $clients processes in parallel; each calls $code->($i) and returns a
+# list of strings.  Returns every string from every process.
+sub parallel {
+    my ($clients, $code) = @_;
+    my @kids;
+    for my $i (0 .. $clients - 1) {
+        pipe my $r, my $w or die $!;
+        my $pid = fork;
+        die "fork: $!" unless defined $pid;
+        if ($pid == 0) {
+            close $r;
+            print $w "$_\n" for $code->($i);
+            close $w;
+            POSIX::_exit(0);
+        }
+        close $w;
+        push @kids, [$pid, $r];
+    }
+    my @out;
+    for my $kid (@kids) {
+        my $fh = $kid->[1];
+        while (my $line = <$fh>) {
+            chomp $line;
+            push @out, $line;
+        }
+        waitpid $kid->[0], 0;
+    }
+    return @out;
+}
+
+1;
