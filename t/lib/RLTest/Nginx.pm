@@ -7,6 +7,7 @@ package RLTest::Nginx;
 use strict;
 use warnings;
 
+use File::Spec;
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
 use POSIX qw(:sys_wait_h);
@@ -21,7 +22,7 @@ sub nginx_binary { $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx' }
 sub module_path {
     my $so = $ENV{TEST_NGINX_LOAD_MODULES} || 'build/ngx_http_ratelimit_module.so';
     die "module $so not built (run make)\n" unless -f $so;
-    return $so;
+    return File::Spec->rel2abs($so);
 }
 
 # RLTest::Nginx->start(http => $text, workers => 2): $text goes inside
