@@ -364,7 +364,8 @@ ngx_http_ratelimit_timeout(ngx_event_t *ev)
 {
     ngx_http_ratelimit_ctx_t *ctx = ev->data;
 
-    ngx_int_t  rc;
+    ngx_int_t                        rc;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
 
     if (ctx->slot) {
         ngx_http_ratelimit_redis_detach(ctx->slot);
@@ -374,11 +375,17 @@ ngx_http_ratelimit_timeout(ngx_event_t *ev)
     rc = ngx_http_ratelimit_failed(ctx, "shard timed out");
 
     /*
-     * Everything queued behind the late reply would be late too: drop the
-     * connection; the shard is marked down and probed again later.
+     * A shard that answers nothing at all hangs: drop the connection, so
+     * everything queued behind takes the fail path now, and mark the shard
+     * down.  One that still answers, only late, costs just the late checks.
      */
 
-    ngx_http_ratelimit_redis_fail(ctx->conn, "timed out");
+    rmcf = ngx_http_get_module_main_conf(ctx->request,
+                                         ngx_http_ratelimit_module);
+
+    if (ngx_http_ratelimit_redis_stuck(ctx->conn, rmcf->timeout)) {
+        ngx_http_ratelimit_redis_fail(ctx->conn, "timed out");
+    }
 
     ngx_http_ratelimit_resume(ctx, rc);
 }

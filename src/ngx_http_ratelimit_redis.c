@@ -47,6 +47,7 @@ struct ngx_http_ratelimit_conn_s {
     ngx_queue_t                        spare;
 
     ngx_msec_t                         logged_at;
+    ngx_msec_t                         answered_at;  /* or started waiting */
     ngx_log_t                         *log;
 };
 
@@ -156,6 +157,20 @@ ngx_http_ratelimit_redis_conn(ngx_uint_t shard)
     }
 
     return &ngx_http_ratelimit_conns[shard];
+}
+
+
+/*
+ * True when commands are waiting and the shard has answered none of them for
+ * "timeout": it hangs, as opposed to answering late under load.
+ */
+
+ngx_uint_t
+ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,
+    ngx_msec_t timeout)
+{
+    return !ngx_queue_empty(&conn->waiting)
+           && ngx_current_msec - conn->answered_at >= timeout;
 }
 
 
@@ -420,6 +435,10 @@ ngx_http_ratelimit_redis_queue(ngx_http_ratelimit_conn_t *conn,
     slot->handler = handler;
     slot->data = data;
 
+    if (ngx_queue_empty(&conn->waiting)) {
+        conn->answered_at = ngx_current_msec;
+    }
+
     ngx_queue_insert_tail(&conn->waiting, &slot->queue);
 
     return slot;
@@ -579,6 +598,8 @@ ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev)
             data = slot->data;
 
             ngx_queue_insert_tail(&conn->spare, q);
+
+            conn->answered_at = ngx_current_msec;
 
             ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_redis_health(conn),
                                         conn->log);

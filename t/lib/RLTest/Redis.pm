@@ -15,10 +15,10 @@ my @started;
 
 sub free_port {
     for (1 .. 50) {
-        my $port = 20000 + int(rand(30000));
+        my $port = 10000 + int(rand(22000));   # below the ephemeral range
         my $sock = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
                                          LocalPort => $port, Proto => 'tcp',
-                                         ReuseAddr => 0, Listen => 1);
+                                         ReuseAddr => 1, Listen => 1);
         next unless $sock;
         close $sock;
         return $port;
@@ -55,8 +55,8 @@ sub _spawn {
         open STDERR, '>&', \*STDOUT;
         exec 'redis-server', '--port', $self->{port}, '--bind', '127.0.0.1',
              '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
-             '--daemonize', 'no', @{ $self->{args} };
-        exit 127;
+             '--daemonize', 'no', @{ $self->{args} }
+            or POSIX::_exit(127);
     }
     $self->{pid} = $pid;
     for (1 .. 200) {
