@@ -51,14 +51,20 @@ parse(const char *resp)
 }
 
 
+/* *why may point into the reply: it is copied before the reply is freed */
+
 static int
 decode(const char *resp, rl_check_result_t *result, const char **why)
 {
     int          rc;
     redisReply  *reply;
+    static char  message[256];
 
     reply = parse(resp);
     rc = rl_reply_decode_check(reply, result, why);
+
+    snprintf(message, sizeof(message), "%s", *why ? *why : "");
+    *why = message;
 
     if (reply) {
         freeReplyObject(reply);
@@ -71,7 +77,7 @@ decode(const char *resp, rl_check_result_t *result, const char **why)
 int
 main(void)
 {
-    const char         *why;
+    const char         *why = NULL;
     rl_check_result_t   r;
 
     printf("1..21\n");
