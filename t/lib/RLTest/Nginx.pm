@@ -10,6 +10,7 @@ use warnings;
 use File::Spec;
 use File::Temp qw(tempdir);
 use HTTP::Tiny;
+use IO::Socket::INET;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep time);
 
@@ -121,6 +122,21 @@ sub request {
 sub get {
     my ($self, $path, %headers) = @_;
     return $self->request('GET', $path, %headers);
+}
+
+# A GET with header bytes exactly as given (HTTP::Tiny refuses bytes over
+# 0x7f, which real callers do send); returns the status code.
+sub raw_get {
+    my ($self, $path, %headers) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                     PeerPort => $self->{port},
+                                     Timeout => 10) or return 599;
+    my $req = "GET $path HTTP/1.0\r\nHost: localhost\r\n"
+        . join('', map { "$_: $headers{$_}\r\n" } sort keys %headers) . "\r\n";
+    print $sock $req;
+    my $status_line = <$sock>;
+    close $sock;
+    return $status_line && $status_line =~ m{^HTTP/1\.\d (\d{3})} ? $1 : 599;
 }
 
 # Replaces the configuration and reloads; waits until the old workers are
