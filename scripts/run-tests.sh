@@ -14,11 +14,11 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 work=$(mktemp -d /tmp/ratelimit-test.XXXXXX)
-pids=""
 
+# the shards are found by their pid files: start_shard runs in a subshell
 cleanup() {
-    for pid in $pids; do
-        kill "$pid" 2>/dev/null || true
+    for pidfile in "$work"/redis-*.pid; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
     rm -rf "$work"
 }
@@ -40,7 +40,6 @@ start_shard() {
         [ $i -lt 100 ] || { echo "redis on $port did not start" >&2; exit 1; }
         sleep 0.05
     done
-    pids="$pids $(cat "$work/redis-$port.pid")"
     echo "$port"
 }
 

@@ -13,6 +13,9 @@ use Time::HiRes qw(sleep time);
 
 my @started;
 
+# a test killed by a signal still runs END, which stops its servers
+$SIG{$_} ||= sub { exit 1 } for qw(INT TERM HUP PIPE);
+
 sub free_port {
     for (1 .. 50) {
         my $port = 10000 + int(rand(22000));   # below the ephemeral range
