@@ -294,6 +294,10 @@ ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
     ctx->slot = ngx_http_ratelimit_redis_send(ctx->conn, 6, argv, argvlen,
                                               ngx_http_ratelimit_reply, ctx);
 
+    if (ctx->slot && !ctx->eval) {
+        ngx_http_ratelimit_count(checks, 1);
+    }
+
     return ctx->slot ? NGX_OK : NGX_ERROR;
 }
 
@@ -333,6 +337,7 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                            "ratelimit: NOSCRIPT, sending EVAL");
             ctx->eval = 1;
+            ngx_http_ratelimit_count(noscript, 1);
 
             if (ngx_http_ratelimit_send(ctx) == NGX_OK) {
                 return;
@@ -430,8 +435,11 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
     }
 
     if (result->allowed) {
+        ngx_http_ratelimit_count(allowed, 1);
         return NGX_DECLINED;
     }
+
+    ngx_http_ratelimit_count(denied, 1);
 
     p = ngx_sprintf(buf, "%L", rl_retry_after_seconds(result->retry_after_ms));
 
@@ -476,8 +484,11 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
     }
 
     if (!closed) {
+        ngx_http_ratelimit_count(failed_open, 1);
         return NGX_DECLINED;
     }
+
+    ngx_http_ratelimit_count(failed_closed, 1);
 
     retry = ngx_http_ratelimit_shard_retry_in(ctx->health);
 

@@ -20,6 +20,8 @@ static char *ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post,
     void *data);
 static ngx_int_t ngx_http_ratelimit_init(ngx_conf_t *cf);
@@ -123,6 +125,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_loc_conf_t, headers),
       &ngx_http_ratelimit_header_sets },
+
+    { ngx_string("ratelimit_stats"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_ratelimit_stats,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
       ngx_null_command
 };
@@ -558,6 +567,24 @@ ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* ratelimit_stats: this location answers the zone's counters as JSON */
+
+static char *
+ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t        *clcf;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+    rmcf->needs_zone = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_ratelimit_stats_handler;
+
+    return NGX_CONF_OK;
+}
+
+
 static char *
 ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post, void *data)
 {
@@ -579,6 +606,12 @@ ngx_http_ratelimit_init(ngx_conf_t *cf)
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
     rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+
+    if (rmcf->needs_zone && rmcf->shm_zone == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"ratelimit_stats\" requires \"ratelimit_zone\"");
+        return NGX_ERROR;
+    }
 
     if (!rmcf->used) {
         return NGX_OK;

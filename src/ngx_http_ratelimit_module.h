@@ -80,10 +80,16 @@ typedef struct {
 
 
 typedef struct {
-    ngx_atomic_t                    checks;         /* sent to Redis */
+    ngx_atomic_t                    checks;         /* limited requests */
     ngx_atomic_t                    allowed;
     ngx_atomic_t                    denied;
-    ngx_atomic_t                    failed;         /* took the fail path */
+    ngx_atomic_t                    denied_cached;  /* without Redis */
+    ngx_atomic_t                    failed_open;
+    ngx_atomic_t                    failed_closed;
+    ngx_atomic_t                    redis_commands;
+    ngx_atomic_t                    redis_writes;   /* send() calls */
+    ngx_atomic_t                    redis_replies;
+    ngx_atomic_t                    noscript;
 } ngx_http_ratelimit_stats_t;
 
 
@@ -108,6 +114,7 @@ typedef struct {
     ngx_array_t                     shards;     /* shard_conf_t */
     ngx_msec_t                      timeout;
     ngx_flag_t                      used;       /* some location limits */
+    ngx_flag_t                      needs_zone; /* stats or admin */
 } ngx_http_ratelimit_main_conf_t;
 
 
@@ -167,9 +174,18 @@ void ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_health_t *h,
     ngx_log_t *log);
 
 
-/* handler */
+/* handlers */
 
 ngx_int_t ngx_http_ratelimit_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_ratelimit_stats_handler(ngx_http_request_t *r);
+
+/* this worker's view of the zone, set in init_process */
+extern ngx_http_ratelimit_stats_t  *ngx_http_ratelimit_counters;
+
+#define ngx_http_ratelimit_count(field, n)                                    \
+    if (ngx_http_ratelimit_counters) {                                           \
+        (void) ngx_atomic_fetch_add(&ngx_http_ratelimit_counters->field, n);     \
+    }
 
 
 extern ngx_module_t  ngx_http_ratelimit_module;

@@ -86,6 +86,7 @@ ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
 
     zone = rmcf->shm_zone->data;
     ngx_http_ratelimit_worker_ring = zone->ring;
+    ngx_http_ratelimit_counters = &zone->sh->stats;
 
     ngx_http_ratelimit_nconns = rmcf->shards.nelts;
     ngx_http_ratelimit_conns = ngx_pcalloc(cycle->pool,
@@ -405,6 +406,8 @@ ngx_http_ratelimit_redis_append(ngx_http_ratelimit_conn_t *conn, int argc,
     ngx_memcpy(conn->out + conn->out_len, cmd, len);
     conn->out_len += len;
 
+    ngx_http_ratelimit_count(redis_commands, 1);
+
     redisFreeCommand(cmd);
 
     return NGX_OK;
@@ -468,6 +471,8 @@ ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn)
 
         n = c->send(c, conn->out + conn->out_sent,
                     conn->out_len - conn->out_sent);
+
+        ngx_http_ratelimit_count(redis_writes, 1);
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
@@ -600,6 +605,8 @@ ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev)
             ngx_queue_insert_tail(&conn->spare, q);
 
             conn->answered_at = ngx_current_msec;
+
+            ngx_http_ratelimit_count(redis_replies, 1);
 
             ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_redis_health(conn),
                                         conn->log);

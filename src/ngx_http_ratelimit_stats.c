@@ -1,0 +1,93 @@
+
+/*
+ * Global API rate limiter: the counters in the zone, shown as JSON by a
+ * location with "ratelimit_stats", for benchmarks and monitoring.
+ */
+
+
+#include "ngx_http_ratelimit_module.h"
+
+
+ngx_http_ratelimit_stats_t  *ngx_http_ratelimit_counters;
+
+
+ngx_int_t
+ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
+{
+    size_t                           len;
+    ngx_int_t                        rc;
+    ngx_buf_t                       *b;
+    ngx_uint_t                       i;
+    ngx_chain_t                      out;
+    ngx_http_ratelimit_ring_t       *ring;
+    ngx_http_ratelimit_zone_t       *zone;
+    ngx_http_ratelimit_stats_t      *st;
+    ngx_http_ratelimit_health_t     *h;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
+    zone = rmcf->shm_zone->data;
+    st = &zone->sh->stats;
+    ring = zone->ring;
+
+    len = sizeof("{\"shards\":[],}\n") + 11 * (NGX_ATOMIC_T_LEN + 24)
+          + (ring ? ring->nshards * (64 + 64 + NGX_ATOMIC_T_LEN) : 0);
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_sprintf(b->last,
+                          "{\"checks\":%uA,\"allowed\":%uA,\"denied\":%uA,"
+                          "\"denied_cached\":%uA,\"failed_open\":%uA,"
+                          "\"failed_closed\":%uA,\"redis_commands\":%uA,"
+                          "\"redis_writes\":%uA,\"redis_replies\":%uA,"
+                          "\"noscript\":%uA,\"shards\":[",
+                          st->checks, st->allowed, st->denied,
+                          st->denied_cached, st->failed_open,
+                          st->failed_closed, st->redis_commands,
+                          st->redis_writes, st->redis_replies, st->noscript);
+
+    for (i = 0; ring && i < ring->nshards; i++) {
+        h = &ring->health[i];
+
+        /* shard names come from the configuration: no escaping needed */
+
+        b->last = ngx_sprintf(b->last,
+                              "%s{\"name\":\"%*s\",\"up\":%s,"
+                              "\"failures\":%uA}",
+                              i ? "," : "", h->name_len, h->name,
+                              h->down_until ? "false" : "true",
+                              h->failures);
+    }
+
+    b->last = ngx_cpymem(b->last, "]}\n", 3);
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
