@@ -1,0 +1,332 @@
+# The two algorithms against the clock, with small limits and short windows:
+# a denial says when to come back (Retry-After), coming back earlier is still
+# denied, coming back then passes; the token bucket refills one token at a
+# time; the sliding window weighs the previous window's count.
+#
+# Blocks go on with the counts of the blocks before them and sleep in their
+# --- init until a chosen moment, measured from a time an earlier block wrote
+# down (%main::At), so they run in file order and once each.  User ids are
+# unique to this run.  The whole file sleeps about 10 s.
+#
+# Redis and this file read the same clock.  Sliding windows are fixed: window
+# n covers [n * W, (n + 1) * W) of the Unix time in ms, so a block can start
+# at a known offset into a window.
+
+use Test::Nginx::Socket;
+
+use Time::HiRes ();
+
+our $Run = "t103-$$-" . time();
+
+# times written down by the blocks, in seconds (Time::HiRes)
+our %At;
+
+sub sleep_until {
+    my ($t) = @_;
+    my $d = $t - Time::HiRes::time();
+    Time::HiRes::sleep($d) if $d > 0;
+}
+
+# sleeps until $offset ms into a window of $w ms (the next such moment) and
+# returns the start of that window, in seconds
+sub align {
+    my ($w, $offset) = @_;
+    my $now = int(Time::HiRes::time() * 1000);
+    my $start = $now - $now % $w;
+    $start += $w if $start + $offset <= $now;
+    sleep_until(($start + $offset) / 1000);
+    return $start / 1000;
+}
+
+no_shuffle();
+repeat_each(1);
+
+# assertions per block, in order (see "Counting" in t/compat/README.md)
+my @per_block = (
+    3 * 3,    # TEST 1:  3 x (status, RateLimit, Retry-After)
+    1 * 3,    # TEST 2
+    2 * 3,    # TEST 3
+    5 * 3,    # TEST 4
+    2 * 3,    # TEST 5
+    3 * 3,    # TEST 6
+    1 * 3,    # TEST 7
+    2 * 3,    # TEST 8
+    5 * 3,    # TEST 9
+    3 * 3,    # TEST 10
+);
+my $sum = 0;
+$sum += $_ for @per_block;
+plan tests => repeat_each() * $sum;
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: token bucket, 2 per 2 s: 2 pass, the 3rd waits 1 s for a token
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 2 2s;
+        ratelimit_algorithm token_bucket;
+        empty_gif;
+    }
+--- init
+$main::At{tb} = Time::HiRes::time();
+--- more_headers eval
+"X-User-Id: $::Run-tb"
+--- pipelined_requests eval
+[("GET /t") x 3]
+--- error_code eval
+[200, 200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=1;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=2\nRetry-After: 1"]
+
+
+
+=== TEST 2: token bucket: half way to the token, still denied, 0.5 s left
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 2 2s;
+        ratelimit_algorithm token_bucket;
+        empty_gif;
+    }
+--- init
+main::sleep_until($main::At{tb} + 0.5);
+--- more_headers eval
+"X-User-Id: $::Run-tb"
+--- request
+GET /t
+--- error_code: 429
+--- response_headers
+RateLimit: "default";r=0;t=2
+Retry-After: 1
+
+
+
+=== TEST 3: token bucket: after the Retry-After of TEST 1, one passes (the early retry cost nothing)
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 2 2s;
+        ratelimit_algorithm token_bucket;
+        empty_gif;
+    }
+--- init
+main::sleep_until($main::At{tb} + 1.05);
+--- more_headers eval
+"X-User-Id: $::Run-tb"
+--- pipelined_requests eval
+[("GET /t") x 2]
+--- error_code eval
+[200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=0;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=2\nRetry-After: 1"]
+
+
+
+=== TEST 4: token bucket, 4 per 4 s: 4 pass, the 5th is denied
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 4 4s;
+        empty_gif;
+    }
+--- init
+$main::At{refill} = Time::HiRes::time();
+--- more_headers eval
+"X-User-Id: $::Run-refill"
+--- pipelined_requests eval
+[("GET /t") x 5]
+--- error_code eval
+[200, 200, 200, 200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=3;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=2;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=1;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=4\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=4\nRetry-After: 1"]
+
+
+
+=== TEST 5: token bucket refill: 1.1 s later exactly one more token (not 2)
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 4 4s;
+        empty_gif;
+    }
+--- init
+main::sleep_until($main::At{refill} + 1.1);
+--- more_headers eval
+"X-User-Id: $::Run-refill"
+--- pipelined_requests eval
+[("GET /t") x 2]
+--- error_code eval
+[200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=0;t=4\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=4\nRetry-After: 1"]
+
+
+
+=== TEST 6: sliding window, 2 per 2 s, 0.1 s into a window: the 3rd waits 3 s
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 2 2s;
+        ratelimit_algorithm sliding_window;
+        empty_gif;
+    }
+--- init
+# the count of this window weighs until the end of the next one (t=4), and
+# 2 of 2 leave room for one more only half way into the next one (3 s)
+$main::At{sw} = main::align(2000, 100);
+--- more_headers eval
+"X-User-Id: $::Run-sw"
+--- pipelined_requests eval
+[("GET /t") x 3]
+--- error_code eval
+[200, 200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=1;t=4\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=4\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=4\nRetry-After: 3"]
+
+
+
+=== TEST 7: sliding window: 2 s later, 0.1 s into the next window, still denied
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 2 2s;
+        ratelimit_algorithm sliding_window;
+        empty_gif;
+    }
+--- init
+# the previous window's 2 still weigh 2 * 1.9 / 2 = 1.9
+main::sleep_until($main::At{sw} + 2.1);
+--- more_headers eval
+"X-User-Id: $::Run-sw"
+--- request
+GET /t
+--- error_code: 429
+--- response_headers
+RateLimit: "default";r=0;t=2
+Retry-After: 1
+
+
+
+=== TEST 8: sliding window: 3 s after the denial of TEST 6, one passes
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 2 2s;
+        ratelimit_algorithm sliding_window;
+        empty_gif;
+    }
+--- init
+# 1.1 s into the window: the previous 2 weigh 0.9, so 1 more passes, not 2
+main::sleep_until($main::At{sw} + 3.1);
+--- more_headers eval
+"X-User-Id: $::Run-sw"
+--- pipelined_requests eval
+[("GET /t") x 2]
+--- error_code eval
+[200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=0;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=3\nRetry-After: 1"]
+
+
+
+=== TEST 9: sliding window, 4 per 2 s, filled late in a window
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 4 2s;
+        ratelimit_algorithm sliding_window;
+        empty_gif;
+    }
+--- init
+# 1.6 s into a window; room again a quarter into the next one (0.9 s)
+$main::At{weight} = main::align(2000, 1600);
+--- more_headers eval
+"X-User-Id: $::Run-weight"
+--- pipelined_requests eval
+[("GET /t") x 5]
+--- error_code eval
+[200, 200, 200, 200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=3;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=2;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=1;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=3\nRetry-After: 1"]
+
+
+
+=== TEST 10: sliding window weighting: 1.15 s into the next window the previous 4 weigh 1.7: 2 pass
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 4 2s;
+        ratelimit_algorithm sliding_window;
+        empty_gif;
+    }
+--- init
+# a fixed window would let 4 pass, a token bucket 3 (1.55 s of refill)
+main::sleep_until($main::At{weight} + 2 + 1.15);
+--- more_headers eval
+"X-User-Id: $::Run-weight"
+--- pipelined_requests eval
+[("GET /t") x 3]
+--- error_code eval
+[200, 200, 429]
+--- response_headers eval
+["RateLimit: \"default\";r=1;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=3\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=3\nRetry-After: 1"]
