@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 
 CC=${CC:-cc}
 CFLAGS="-std=c99 -O2 -Wall -Wextra -Werror -Isrc"
-LIBS="-lcrypto -lhiredis"
+LIBS="-lcrypto -lhiredis -lyajl"
 OUT=build/unit
 
 mkdir -p "$OUT"

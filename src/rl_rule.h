@@ -1,0 +1,95 @@
+
+/*
+ * Per-customer limit rules as the admin endpoint takes them (JSON) and as
+ * Redis stores them: validation and encoding, nginx-free, so unit tests can
+ * drive it directly.  yajl parses and generates the JSON.
+ */
+
+
+#ifndef _RL_RULE_H_INCLUDED_
+#define _RL_RULE_H_INCLUDED_
+
+
+#include <stddef.h>
+
+
+#define RL_RULE_MAX_CUSTOMER_ID   256
+#define RL_RULE_MAX_LIMIT         1000000000
+#define RL_RULE_MIN_WINDOW        1
+#define RL_RULE_MAX_WINDOW        86400
+#define RL_RULE_MAX_BODY          4096     /* larger bodies get 413 before parsing */
+
+#define RL_RULE_ALGORITHM_NONE            0   /* not given: the location's own */
+#define RL_RULE_ALGORITHM_TOKEN_BUCKET    1
+#define RL_RULE_ALGORITHM_SLIDING_WINDOW  2
+
+
+/* customer_id is not NUL-terminated: all 256 bytes may be the id */
+
+typedef struct {
+    unsigned char  customer_id[RL_RULE_MAX_CUSTOMER_ID];
+    size_t         customer_id_len;
+    long long      limit;
+    long long      window;      /* seconds */
+    int            algorithm;   /* RL_RULE_ALGORITHM_* */
+} rl_rule_t;
+
+
+/*
+ * "field" is a string literal, except for an unknown field: its (shortened)
+ * name is then kept in message[] itself, after the message's own NUL, so it
+ * lives as long as this very struct does.
+ */
+
+typedef struct {
+    const char    *field;       /* the field at fault ("limit"), or NULL for the body as a whole */
+    char           message[160];
+} rl_rule_error_t;
+
+
+/*
+ * 0 and *rule filled, or -1 and *err says why; never both partly.  Bodies
+ * over RL_RULE_MAX_BODY are refused as a whole.  Strict JSON: no comments,
+ * nothing after the object.
+ */
+int rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
+    rl_rule_error_t *err);
+
+/*
+ * 1..256 bytes, no control characters (0x00-0x1f, 0x7f), valid UTF-8
+ * (no overlong forms, no surrogates): 0, else -1 with err (field
+ * "customer_id").
+ */
+int rl_rule_check_customer_id(const unsigned char *id, size_t len,
+    rl_rule_error_t *err);
+
+/*
+ * The form stored in Redis, e.g. "10000 60 token_bucket", "100 60 -" when
+ * algorithm is NONE; NUL-terminated; returns length written (without NUL),
+ * or 0 if size is too small (or the rule is out of range).
+ */
+size_t rl_rule_encode(const rl_rule_t *rule, char *buf, size_t size);
+
+/*
+ * Parses the stored form back into limit/window/algorithm (customer_id
+ * untouched); 0, or -1 if garbled or out of range (*rule then untouched).
+ * Only the exact form rl_rule_encode() writes is taken.
+ */
+int rl_rule_decode(const char *s, size_t len, rl_rule_t *rule);
+
+/*
+ * {"customer_id":"acme","limit":10000,"window":60,"algorithm":"token_bucket"}
+ * ("algorithm" omitted when NONE) + "\n", NUL-terminated; length (without
+ * NUL), or 0 if size too small (or customer_id is not valid UTF-8).
+ */
+size_t rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size);
+
+/*
+ * {"error":"<message>","field":"limit"} (or "field":null) + "\n",
+ * NUL-terminated; length (without NUL), or 0 if too small.
+ */
+size_t rl_rule_error_json(const rl_rule_error_t *err, char *buf,
+    size_t size);
+
+
+#endif /* _RL_RULE_H_INCLUDED_ */
