@@ -18,7 +18,14 @@ work=$(mktemp -d /tmp/ratelimit-test.XXXXXX)
 # the shards are found by their pid files: start_shard runs in a subshell
 cleanup() {
     for pidfile in "$work"/redis-*.pid; do
-        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+        [ -f "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        kill "$pid" 2>/dev/null || true
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ $i -lt 40 ]; do
+            sleep 0.05
+            i=$((i + 1))
+        done
     done
     rm -rf "$work"
 }
@@ -46,7 +53,7 @@ start_shard() {
 TEST_NGINX_REDIS_PORT=$(start_shard)
 TEST_NGINX_REDIS_PORT2=$(start_shard)
 TEST_NGINX_DEAD_PORT=$(free_port)
-TEST_NGINX_LOAD_MODULES="$top/build/ngx_http_ratelimit_module.so"
+TEST_NGINX_LOAD_MODULES=${TEST_NGINX_LOAD_MODULES:-"$top/build/ngx_http_ratelimit_module.so"}
 TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
 export TEST_NGINX_REDIS_PORT TEST_NGINX_REDIS_PORT2 TEST_NGINX_DEAD_PORT
 export TEST_NGINX_LOAD_MODULES TEST_NGINX_BINARY

@@ -2,10 +2,13 @@
 /*
  * Global API rate limiter: the access-phase check.
  *
- * The handler picks the caller's key, finds its shard on the ring, queues an
- * EVALSHA of the limiter script and suspends the request.  The reply (or the
- * timeout, or the loss of the connection) resumes it; the handler then runs
- * again and returns the decision it recorded.
+ * The handler picks the caller's key and the customer whose rule applies.
+ * The rule comes from the zone's rule cache, or, the first time, from Redis
+ * (one HGET, then cached).  A key the deny cache knows to be over its limit
+ * is denied at once.  Otherwise the handler finds the key's shard on the
+ * ring, queues an EVALSHA of the limiter script and suspends the request.
+ * The reply (or the timeout, or the loss of the connection) resumes it; the
+ * handler then runs again and returns the decision it recorded.
  */
 
 
@@ -18,10 +21,16 @@
 typedef struct {
     ngx_http_request_t                *request;
     ngx_http_ratelimit_loc_conf_t     *conf;
+    ngx_http_ratelimit_zone_t         *zone;
     ngx_http_ratelimit_conn_t         *conn;
     ngx_http_ratelimit_slot_t         *slot;
     ngx_http_ratelimit_health_t       *health;
     ngx_event_t                        timer;
+
+    ngx_str_t                          caller;     /* the limiting value */
+    ngx_str_t                          customer;   /* whose rule applies */
+    ngx_http_ratelimit_rule_t          rule;       /* the limit in force */
+    ngx_uint_t                         epoch;      /* of the zone's caches */
 
     size_t                             key_len;
     u_char                             key[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY];
@@ -29,6 +38,7 @@ typedef struct {
     ngx_int_t                          rc;
 
     unsigned                           waiting:1;
+    unsigned                           lookup:1;   /* the HGET of the rule */
     unsigned                           eval:1;     /* resent after NOSCRIPT */
 } ngx_http_ratelimit_ctx_t;
 
@@ -41,21 +51,27 @@ typedef struct {
 
 static ngx_http_ratelimit_ctx_t *ngx_http_ratelimit_redirected_ctx(
     ngx_http_request_t *r);
-static ngx_int_t ngx_http_ratelimit_key(ngx_http_request_t *r,
+static ngx_int_t ngx_http_ratelimit_caller(ngx_http_request_t *r,
     ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
+    redisReply *reply);
+static ngx_int_t ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_reply(void *data, redisReply *reply);
 static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
 static void ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx,
     ngx_int_t rc);
 static ngx_int_t ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
-    rl_check_result_t *result);
+    rl_check_result_t *result, ngx_uint_t from_redis);
 static ngx_int_t ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx,
     const char *reason);
 static ngx_int_t ngx_http_ratelimit_add_header(ngx_http_request_t *r,
     const char *name, u_char *value, u_char *last);
-static ngx_int_t ngx_http_ratelimit_add_headers(ngx_http_request_t *r,
-    ngx_http_ratelimit_loc_conf_t *rlcf, rl_check_result_t *result);
+static ngx_int_t ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
+    rl_check_result_t *result);
 static void ngx_http_ratelimit_cleanup(void *data);
 static ngx_http_ratelimit_script_t *ngx_http_ratelimit_script(
     ngx_uint_t algorithm);
@@ -72,6 +88,9 @@ static const char  *ngx_http_ratelimit_prefixes[] = {
 };
 
 
+static ngx_str_t  ngx_http_ratelimit_no_shard = ngx_string("no shard");
+
+
 /* request-time complaints: at most one line a second per worker */
 static ngx_msec_t  ngx_http_ratelimit_logged_at;
 
@@ -79,10 +98,9 @@ static ngx_msec_t  ngx_http_ratelimit_logged_at;
 ngx_int_t
 ngx_http_ratelimit_handler(ngx_http_request_t *r)
 {
-    ngx_uint_t                       shard, state;
+    ngx_int_t                        rc;
     ngx_pool_cleanup_t              *cln;
     ngx_http_ratelimit_ctx_t        *ctx;
-    ngx_http_ratelimit_zone_t       *zone;
     ngx_http_ratelimit_loc_conf_t   *rlcf;
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
@@ -117,13 +135,20 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     cln->handler = ngx_http_ratelimit_cleanup;
     cln->data = ctx;
 
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
+
     ctx->request = r;
     ctx->conf = rlcf;
+    ctx->zone = rmcf->shm_zone->data;
     ctx->rc = NGX_DECLINED;
+
+    ctx->timer.handler = ngx_http_ratelimit_timeout;
+    ctx->timer.data = ctx;
+    ctx->timer.log = r->connection->log;
 
     ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
 
-    switch (ngx_http_ratelimit_key(r, ctx)) {
+    switch (ngx_http_ratelimit_caller(r, ctx)) {
 
     case NGX_OK:
         break;
@@ -135,38 +160,58 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    ctx->epoch = ctx->zone->sh->epoch;
+
+    ctx->rule.limit = rlcf->limit;
+    ctx->rule.window = rlcf->window;
+    ctx->rule.algorithm = rlcf->algorithm;
+
+    if (ctx->customer.len > 0
+        && ctx->customer.len <= NGX_HTTP_RATELIMIT_MAX_CUSTOMER)
+    {
+        rc = ngx_http_ratelimit_rule_cache_get(ctx->zone, ctx->customer.data,
+                                               ctx->customer.len, &ctx->rule);
+        if (rc == NGX_DECLINED) {
+            rc = ngx_http_ratelimit_lookup_rule(ctx);
+
+            if (rc == NGX_AGAIN) {
+                ngx_http_ratelimit_wait(ctx);
+            }
+
+            ctx->rc = rc;
+            return rc;
+        }
+
+        if (!ctx->rule.has_rule) {
+            ctx->rule.limit = rlcf->limit;
+            ctx->rule.window = rlcf->window;
+        }
+
+        if (!ctx->rule.has_algorithm) {
+            ctx->rule.algorithm = rlcf->algorithm;
+        }
+    }
+
+    rc = ngx_http_ratelimit_check(ctx);
+
+    if (rc == NGX_AGAIN) {
+        ngx_http_ratelimit_wait(ctx);
+    }
+
+    ctx->rc = rc;
+
+    return rc;
+}
+
+
+static void
+ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_http_request_t              *r;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    r = ctx->request;
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
-    zone = rmcf->shm_zone->data;
-
-    shard = ngx_http_ratelimit_ring_lookup(zone->ring, ctx->key, ctx->key_len);
-
-    ctx->health = &zone->ring->health[shard];
-    ctx->conn = ngx_http_ratelimit_redis_conn(shard);
-
-    if (ctx->conn == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "ratelimit: key \"%*s\" on shard %V",
-                   ctx->key_len, ctx->key,
-                   ngx_http_ratelimit_redis_name(ctx->conn));
-
-    state = ngx_http_ratelimit_shard_state(ctx->health);
-
-    if (state == NGX_HTTP_RATELIMIT_SHARD_DOWN) {
-        ctx->rc = ngx_http_ratelimit_failed(ctx, "shard is down");
-        return ctx->rc;
-    }
-
-    if (ngx_http_ratelimit_send(ctx) != NGX_OK) {
-        ctx->rc = ngx_http_ratelimit_failed(ctx, "shard is unreachable");
-        return ctx->rc;
-    }
-
-    ctx->timer.handler = ngx_http_ratelimit_timeout;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
 
     ngx_add_timer(&ctx->timer, rmcf->timeout);
 
@@ -174,8 +219,6 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
-
-    return NGX_AGAIN;
 }
 
 
@@ -195,51 +238,218 @@ ngx_http_ratelimit_redirected_ctx(ngx_http_request_t *r)
 
 
 /*
- * The Redis key: "rl:<algorithm>:k:<caller key>", or, for a caller key too
- * long to keep as it is, "rl:<algorithm>:h:<SHA-1 of the key in hex>".
+ * The caller is the first non-empty "ratelimit" value; the customer, whose
+ * rule applies, is the "ratelimit_customer" value, or else the caller.
  */
 
 static ngx_int_t
-ngx_http_ratelimit_key(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
+ngx_http_ratelimit_caller(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
 {
-    u_char                    *p;
-    ngx_str_t                  value;
     ngx_uint_t                 i;
-    ngx_sha1_t                 sha1;
     ngx_http_complex_value_t  *cv;
-    u_char                     digest[20];
 
     cv = ctx->conf->keys->elts;
 
-    ngx_str_null(&value);
-
     for (i = 0; i < ctx->conf->keys->nelts; i++) {
-        if (ngx_http_complex_value(r, &cv[i], &value) != NGX_OK) {
+        if (ngx_http_complex_value(r, &cv[i], &ctx->caller) != NGX_OK) {
             return NGX_ERROR;
         }
 
-        if (value.len) {
+        if (ctx->caller.len) {
             break;
         }
     }
 
-    if (value.len == 0) {
+    if (ctx->caller.len == 0) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "ratelimit: every key is empty, not limited");
         return NGX_DECLINED;
     }
 
-    p = ngx_cpymem(ctx->key,
-                   ngx_http_ratelimit_prefixes[ctx->conf->algorithm], 6);
+    ctx->customer = ctx->caller;
 
-    if (value.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
+    if (ctx->conf->customer) {
+        if (ngx_http_complex_value(r, ctx->conf->customer, &ctx->customer)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (ctx->customer.len == 0) {
+            ctx->customer = ctx->caller;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* the customer's rule is not cached: ask a live shard, all hold every rule */
+
+static ngx_int_t
+ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_int_t    shard;
+    const char  *argv[3];
+    size_t       argvlen[3];
+
+    shard = ngx_http_ratelimit_rules_shard(ctx->zone->ring, ctx->customer.data,
+                                           ctx->customer.len);
+
+    if (shard == NGX_ERROR) {
+        ctx->health = NULL;
+        ctx->conn = NULL;
+        return ngx_http_ratelimit_failed(ctx, "every shard is down");
+    }
+
+    ctx->health = &ctx->zone->ring->health[shard];
+    ctx->conn = ngx_http_ratelimit_redis_conn(shard);
+    ctx->lookup = 1;
+
+    argv[0] = "HGET";
+    argvlen[0] = 4;
+    argv[1] = NGX_HTTP_RATELIMIT_RULES_KEY;
+    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
+    argv[2] = (const char *) ctx->customer.data;
+    argvlen[2] = ctx->customer.len;
+
+    ctx->slot = ngx_http_ratelimit_redis_send(ctx->conn, 3, argv, argvlen,
+                                              ngx_http_ratelimit_reply, ctx);
+    if (ctx->slot == NULL) {
+        return ngx_http_ratelimit_failed(ctx, "shard is unreachable");
+    }
+
+    ngx_http_ratelimit_count(rule_lookups, 1);
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
+    redisReply *reply)
+{
+    ngx_int_t                   rc;
+    ngx_http_ratelimit_rule_t   rule;
+
+    ctx->lookup = 0;
+
+    ngx_memzero(&rule, sizeof(ngx_http_ratelimit_rule_t));
+
+    if (reply->type == REDIS_REPLY_STRING) {
+        rc = ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
+                                           &rule, NULL);
+        if (rc == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+                          "ratelimit: garbled rule of customer \"%V\" "
+                          "on shard %V, using the default",
+                          &ctx->customer,
+                          ngx_http_ratelimit_redis_name(ctx->conn));
+            ngx_memzero(&rule, sizeof(ngx_http_ratelimit_rule_t));
+        }
+
+    } else if (reply->type != REDIS_REPLY_NIL) {
+        ngx_http_ratelimit_resume(ctx,
+                 ngx_http_ratelimit_failed(ctx, "rule lookup failed"));
+        return;
+    }
+
+    ngx_http_ratelimit_rule_cache_put(ctx->zone, ctx->customer.data,
+                                      ctx->customer.len, &rule, ctx->epoch);
+
+    if (rule.has_rule) {
+        ctx->rule.limit = rule.limit;
+        ctx->rule.window = rule.window;
+    }
+
+    if (rule.has_algorithm) {
+        ctx->rule.algorithm = rule.algorithm;
+    }
+
+    rc = ngx_http_ratelimit_check(ctx);
+
+    if (rc != NGX_AGAIN) {
+        ngx_http_ratelimit_resume(ctx, rc);
+    }
+}
+
+
+/*
+ * With the rule known: deny from the deny cache, or send the check.
+ * NGX_AGAIN: sent, wait for the reply; otherwise the decision.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t         shard;
+    ngx_msec_t         retry, reset;
+    rl_check_result_t  result;
+
+    ngx_http_ratelimit_key(ctx);
+
+    if (ngx_http_ratelimit_deny_cache_get(ctx->zone, ctx->key, ctx->key_len,
+                                          &retry, &reset)
+        == NGX_OK)
+    {
+        ngx_http_ratelimit_count(denied_cached, 1);
+
+        result.allowed = 0;
+        result.remaining = 0;
+        result.retry_after_ms = retry;
+        result.reset_ms = reset;
+
+        return ngx_http_ratelimit_decide(ctx, &result, 0);
+    }
+
+    shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, ctx->key,
+                                           ctx->key_len);
+
+    ctx->health = &ctx->zone->ring->health[shard];
+    ctx->conn = ngx_http_ratelimit_redis_conn(shard);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                   "ratelimit: key \"%*s\" on shard %V",
+                   ctx->key_len, ctx->key,
+                   ngx_http_ratelimit_redis_name(ctx->conn));
+
+    if (ngx_http_ratelimit_shard_state(ctx->health)
+        == NGX_HTTP_RATELIMIT_SHARD_DOWN)
+    {
+        return ngx_http_ratelimit_failed(ctx, "shard is down");
+    }
+
+    if (ngx_http_ratelimit_send(ctx) != NGX_OK) {
+        return ngx_http_ratelimit_failed(ctx, "shard is unreachable");
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The Redis key: "rl:<algorithm>:k:<caller>", or, for a caller too long to
+ * keep as it is, "rl:<algorithm>:h:<SHA-1 of the caller in hex>".
+ */
+
+static void
+ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx)
+{
+    u_char      *p;
+    ngx_sha1_t   sha1;
+    u_char       digest[20];
+
+    p = ngx_cpymem(ctx->key,
+                   ngx_http_ratelimit_prefixes[ctx->rule.algorithm], 6);
+
+    if (ctx->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
         *p++ = 'k';
         *p++ = ':';
-        p = ngx_cpymem(p, value.data, value.len);
+        p = ngx_cpymem(p, ctx->caller.data, ctx->caller.len);
 
     } else {
         ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, value.data, value.len);
+        ngx_sha1_update(&sha1, ctx->caller.data, ctx->caller.len);
         ngx_sha1_final(digest, &sha1);
 
         *p++ = 'h';
@@ -248,8 +458,6 @@ ngx_http_ratelimit_key(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
     }
 
     ctx->key_len = p - ctx->key;
-
-    return NGX_OK;
 }
 
 
@@ -263,7 +471,7 @@ ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
     u_char                        limit[NGX_INT_T_LEN];
     u_char                        window[NGX_INT_T_LEN];
 
-    script = ngx_http_ratelimit_script(ctx->conf->algorithm);
+    script = ngx_http_ratelimit_script(ctx->rule.algorithm);
 
     if (ctx->eval) {
         argv[0] = "EVAL";
@@ -283,11 +491,11 @@ ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
     argv[3] = (const char *) ctx->key;
     argvlen[3] = ctx->key_len;
 
-    p = ngx_sprintf(limit, "%ui", ctx->conf->limit);
+    p = ngx_sprintf(limit, "%ui", ctx->rule.limit);
     argv[4] = (const char *) limit;
     argvlen[4] = p - limit;
 
-    p = ngx_sprintf(window, "%M", ctx->conf->window);
+    p = ngx_sprintf(window, "%M", ctx->rule.window);
     argv[5] = (const char *) window;
     argvlen[5] = p - window;
 
@@ -321,12 +529,18 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
         return;
     }
 
+    if (ctx->lookup) {
+        ngx_http_ratelimit_rule_reply(ctx, reply);
+        return;
+    }
+
     rc = rl_reply_decode_check(reply, &result, &why);
 
     switch (rc) {
 
     case RL_REPLY_OK:
-        ngx_http_ratelimit_resume(ctx, ngx_http_ratelimit_decide(ctx, &result));
+        ngx_http_ratelimit_resume(ctx,
+                                  ngx_http_ratelimit_decide(ctx, &result, 1));
         return;
 
     case RL_REPLY_NOSCRIPT:
@@ -422,7 +636,7 @@ ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx, ngx_int_t rc)
 
 static ngx_int_t
 ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
-    rl_check_result_t *result)
+    rl_check_result_t *result, ngx_uint_t from_redis)
 {
     u_char              *p;
     ngx_http_request_t  *r;
@@ -430,7 +644,7 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
 
     r = ctx->request;
 
-    if (ngx_http_ratelimit_add_headers(r, ctx->conf, result) != NGX_OK) {
+    if (ngx_http_ratelimit_add_headers(ctx, result) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -440,6 +654,15 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
     }
 
     ngx_http_ratelimit_count(denied, 1);
+
+    /* until then Redis would say no as well: spare it the asking */
+
+    if (from_redis) {
+        ngx_http_ratelimit_deny_cache_put(ctx->zone, ctx->key, ctx->key_len,
+                                          (ngx_msec_t) result->retry_after_ms,
+                                          (ngx_msec_t) result->reset_ms,
+                                          ctx->epoch);
+    }
 
     p = ngx_sprintf(buf, "%L", rl_retry_after_seconds(result->retry_after_ms));
 
@@ -479,7 +702,8 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
         ngx_http_ratelimit_logged_at = ngx_current_msec;
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "ratelimit: %s (%V), failing %s",
-                      reason, ngx_http_ratelimit_redis_name(ctx->conn),
+                      reason, ctx->conn ? ngx_http_ratelimit_redis_name(ctx->conn)
+                                        : &ngx_http_ratelimit_no_shard,
                       closed ? "closed" : "open");
     }
 
@@ -490,7 +714,7 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
 
     ngx_http_ratelimit_count(failed_closed, 1);
 
-    retry = ngx_http_ratelimit_shard_retry_in(ctx->health);
+    retry = ctx->health ? ngx_http_ratelimit_shard_retry_in(ctx->health) : 0;
 
     p = ngx_sprintf(buf, "%L", rl_retry_after_seconds((long long) retry));
 
@@ -503,17 +727,20 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
 
 
 static ngx_int_t
-ngx_http_ratelimit_add_headers(ngx_http_request_t *r,
-    ngx_http_ratelimit_loc_conf_t *rlcf, rl_check_result_t *result)
+ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
+    rl_check_result_t *result)
 {
-    u_char  *p;
-    u_char   buf[128];
+    u_char              *p;
+    ngx_http_request_t  *r;
+    u_char               buf[128];
 
-    switch (rlcf->headers) {
+    r = ctx->request;
+
+    switch (ctx->conf->headers) {
 
     case NGX_HTTP_RATELIMIT_HEADERS_DRAFT:
         p = ngx_sprintf(buf, "\"default\";q=%ui;w=%M",
-                        rlcf->limit, rlcf->window / 1000);
+                        ctx->rule.limit, ctx->rule.window / 1000);
 
         if (ngx_http_ratelimit_add_header(r, "RateLimit-Policy", buf, p)
             != NGX_OK)
@@ -527,7 +754,7 @@ ngx_http_ratelimit_add_headers(ngx_http_request_t *r,
         return ngx_http_ratelimit_add_header(r, "RateLimit", buf, p);
 
     case NGX_HTTP_RATELIMIT_HEADERS_LEGACY:
-        p = ngx_sprintf(buf, "%ui", rlcf->limit);
+        p = ngx_sprintf(buf, "%ui", ctx->rule.limit);
 
         if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Limit", buf, p)
             != NGX_OK)

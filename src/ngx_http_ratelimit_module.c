@@ -22,6 +22,10 @@ static char *ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_ratelimit_admin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_admin_token(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post,
     void *data);
 static ngx_int_t ngx_http_ratelimit_init(ngx_conf_t *cf);
@@ -91,6 +95,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       0,
       NULL },
 
+    { ngx_string("ratelimit_customer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, customer),
+      NULL },
+
     { ngx_string("ratelimit_default"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE2,
       ngx_http_ratelimit_default,
@@ -125,6 +136,20 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_loc_conf_t, headers),
       &ngx_http_ratelimit_header_sets },
+
+    { ngx_string("ratelimit_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_ratelimit_admin,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_admin_token"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_admin_token,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("ratelimit_stats"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -220,12 +245,14 @@ ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf)
     }
 
     conf->keys = NGX_CONF_UNSET_PTR;
+    conf->customer = NGX_CONF_UNSET_PTR;
     conf->limit = NGX_CONF_UNSET_UINT;
     conf->window = NGX_CONF_UNSET_MSEC;
     conf->algorithm = NGX_CONF_UNSET_UINT;
     conf->fail = NGX_CONF_UNSET_UINT;
     conf->status = NGX_CONF_UNSET_UINT;
     conf->headers = NGX_CONF_UNSET_UINT;
+    conf->admin = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -238,6 +265,7 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_ratelimit_loc_conf_t *conf = child;
 
     ngx_conf_merge_ptr_value(conf->keys, prev->keys, NULL);
+    ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
 
     if (conf->limit == NGX_CONF_UNSET_UINT) {
         conf->limit = prev->limit;
@@ -254,6 +282,15 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_TOO_MANY_REQUESTS);
     ngx_conf_merge_uint_value(conf->headers, prev->headers,
                               NGX_HTTP_RATELIMIT_HEADERS_DRAFT);
+    ngx_conf_merge_value(conf->admin, prev->admin, 0);
+    ngx_conf_merge_str_value(conf->admin_token, prev->admin_token, "");
+
+    if (conf->admin && conf->admin_token.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"ratelimit_admin\" requires "
+                           "\"ratelimit_admin_token\"");
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }
@@ -567,6 +604,119 @@ ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* ratelimit_admin: this location is the admin endpoint */
+
+static char *
+ngx_http_ratelimit_admin(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_loc_conf_t *rlcf = conf;
+
+    ngx_http_core_loc_conf_t        *clcf;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    if (rlcf->admin != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    rlcf->admin = 1;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+    rmcf->needs_zone = 1;
+    rmcf->needs_shards = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_ratelimit_admin_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * ratelimit_admin_token TOKEN | file=PATH
+ *
+ * A file keeps the secret out of the configuration; its trailing newline
+ * and spaces are not part of the token.
+ */
+
+static char *
+ngx_http_ratelimit_admin_token(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_ratelimit_loc_conf_t *rlcf = conf;
+
+    ssize_t     n;
+    ngx_str_t  *value, path, token;
+    ngx_file_t  file;
+    u_char      buf[4097];
+
+    if (rlcf->admin_token.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    token = value[1];
+
+    if (ngx_strncmp(token.data, "file=", 5) == 0) {
+        path.data = token.data + 5;
+        path.len = token.len - 5;
+
+        if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memzero(&file, sizeof(ngx_file_t));
+        file.name = path;
+        file.log = cf->log;
+
+        file.fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+        if (file.fd == NGX_INVALID_FILE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_open_file_n " \"%V\" failed", &path);
+            return NGX_CONF_ERROR;
+        }
+
+        n = ngx_read_file(&file, buf, sizeof(buf), 0);
+
+        ngx_close_file(file.fd);
+
+        if (n == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (n == (ssize_t) sizeof(buf)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "token file \"%V\" is too large", &path);
+            return NGX_CONF_ERROR;
+        }
+
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'
+                         || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        {
+            n--;
+        }
+
+        token.len = n;
+        token.data = ngx_pnalloc(cf->pool, n);
+        if (token.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(token.data, buf, n);
+    }
+
+    if (token.len < 16) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "admin token is too short, "
+                           "it must be at least 16 characters");
+        return NGX_CONF_ERROR;
+    }
+
+    rlcf->admin_token = token;
+
+    return NGX_CONF_OK;
+}
+
+
 /* ratelimit_stats: this location answers the zone's counters as JSON */
 
 static char *
@@ -609,7 +759,15 @@ ngx_http_ratelimit_init(ngx_conf_t *cf)
 
     if (rmcf->needs_zone && rmcf->shm_zone == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"ratelimit_stats\" requires \"ratelimit_zone\"");
+                      "\"ratelimit_stats\" and \"ratelimit_admin\" "
+                      "require \"ratelimit_zone\"");
+        return NGX_ERROR;
+    }
+
+    if (rmcf->needs_shards && rmcf->shards.nelts == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"ratelimit_admin\" is used but no "
+                      "\"ratelimit_redis\" shard is configured");
         return NGX_ERROR;
     }
 
@@ -658,16 +816,27 @@ ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
     rmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_ratelimit_module);
 
-    if (rmcf == NULL || !rmcf->used) {
+    if (rmcf == NULL || (!rmcf->used && !rmcf->needs_shards)) {
         return NGX_OK;
     }
 
-    return ngx_http_ratelimit_redis_init_process(cycle, rmcf);
+    if (ngx_http_ratelimit_redis_init_process(cycle, rmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* nodes that limit learn of rule changes made elsewhere */
+
+    if (rmcf->used) {
+        return ngx_http_ratelimit_rules_init_process(cycle, rmcf);
+    }
+
+    return NGX_OK;
 }
 
 
 static void
 ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_ratelimit_rules_exit_process(cycle);
     ngx_http_ratelimit_redis_exit_process(cycle);
 }

@@ -24,6 +24,7 @@
 
 #include "rl_ketama.h"
 #include "rl_reply.h"
+#include "rl_rule.h"
 
 
 #define NGX_HTTP_RATELIMIT_TOKEN_BUCKET     0
@@ -40,6 +41,13 @@
 #define NGX_HTTP_RATELIMIT_MAX_LIMIT        1000000000
 #define NGX_HTTP_RATELIMIT_MIN_WINDOW       1000
 #define NGX_HTTP_RATELIMIT_MAX_WINDOW       86400000
+
+/* customer ids: as the admin endpoint accepts them */
+#define NGX_HTTP_RATELIMIT_MAX_CUSTOMER     256
+
+/* every shard holds every rule, in one hash, with a version counter */
+#define NGX_HTTP_RATELIMIT_RULES_KEY        "rl:rules"
+#define NGX_HTTP_RATELIMIT_RULES_VERSION    "rl:rules:version"
 
 /*
  * Caller keys longer than this are replaced by their SHA-1 in the Redis key,
@@ -90,13 +98,51 @@ typedef struct {
     ngx_atomic_t                    redis_writes;   /* send() calls */
     ngx_atomic_t                    redis_replies;
     ngx_atomic_t                    noscript;
+    ngx_atomic_t                    rule_lookups;   /* rule cache misses */
 } ngx_http_ratelimit_stats_t;
+
+
+/* the limit a request is held to: a customer's rule or the default */
+typedef struct {
+    ngx_uint_t                      limit;
+    ngx_msec_t                      window;
+    ngx_uint_t                      algorithm;   /* NGX_HTTP_RATELIMIT_* */
+    unsigned                        has_rule:1;  /* else: location default */
+    unsigned                        has_algorithm:1;
+} ngx_http_ratelimit_rule_t;
+
+
+/* shared memory: an entry of the rule cache or of the deny cache */
+typedef struct {
+    ngx_rbtree_node_t               node;        /* key: CRC32 of data */
+    ngx_queue_t                     queue;       /* LRU */
+    ngx_uint_t                      epoch;
+    ngx_msec_t                      until;       /* deny: denied until */
+    ngx_msec_t                      reset_until; /* deny: quota full at */
+    ngx_http_ratelimit_rule_t       rule;        /* rule cache */
+    u_short                         len;
+    u_char                          data[1];
+} ngx_http_ratelimit_entry_t;
+
+
+typedef struct {
+    ngx_rbtree_t                    rbtree;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     lru;
+    ngx_uint_t                      entries;
+    ngx_uint_t                      evictions;
+} ngx_http_ratelimit_cache_t;
 
 
 /* shared memory: the zone's root */
 typedef struct {
     ngx_http_ratelimit_ring_t      *ring;
     ngx_http_ratelimit_ring_t      *previous_ring;
+    ngx_atomic_t                    epoch;       /* of the cached rules */
+    ngx_atomic_t                    rules_version;   /* highest seen */
+    ngx_atomic_t                    rules_polled_at;
+    ngx_http_ratelimit_cache_t      rule_cache;
+    ngx_http_ratelimit_cache_t      deny_cache;
     ngx_http_ratelimit_stats_t      stats;
 } ngx_http_ratelimit_shctx_t;
 
@@ -115,17 +161,21 @@ typedef struct {
     ngx_msec_t                      timeout;
     ngx_flag_t                      used;       /* some location limits */
     ngx_flag_t                      needs_zone; /* stats or admin */
+    ngx_flag_t                      needs_shards; /* admin */
 } ngx_http_ratelimit_main_conf_t;
 
 
 typedef struct {
     ngx_array_t                    *keys;       /* complex values, NULL: off */
+    ngx_http_complex_value_t       *customer;   /* whose rule, NULL: key */
     ngx_uint_t                      limit;
     ngx_msec_t                      window;
     ngx_uint_t                      algorithm;
     ngx_uint_t                      fail;
     ngx_uint_t                      status;
     ngx_uint_t                      headers;
+    ngx_flag_t                      admin;
+    ngx_str_t                       admin_token;
 } ngx_http_ratelimit_loc_conf_t;
 
 
@@ -174,10 +224,40 @@ void ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_health_t *h,
     ngx_log_t *log);
 
 
+/* rules kept in Redis */
+
+ngx_int_t ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_main_conf_t *rmcf);
+void ngx_http_ratelimit_rules_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_ratelimit_rules_shard(ngx_http_ratelimit_ring_t *ring,
+    u_char *customer, size_t len);
+ngx_int_t ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
+    ngx_http_ratelimit_rule_t *rule, uint64_t *stamp);
+
+
+/* the caches in the zone */
+
+void ngx_http_ratelimit_cache_init(ngx_http_ratelimit_cache_t *cache);
+void ngx_http_ratelimit_cache_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+ngx_int_t ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
+    u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule);
+void ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
+    u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule,
+    ngx_uint_t epoch);
+ngx_int_t ngx_http_ratelimit_deny_cache_get(ngx_http_ratelimit_zone_t *zone,
+    u_char *key, size_t len, ngx_msec_t *retry_ms, ngx_msec_t *reset_ms);
+void ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,
+    u_char *key, size_t len, ngx_msec_t retry_ms, ngx_msec_t reset_ms,
+    ngx_uint_t epoch);
+void ngx_http_ratelimit_cache_invalidate(ngx_http_ratelimit_zone_t *zone);
+
+
 /* handlers */
 
 ngx_int_t ngx_http_ratelimit_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_ratelimit_stats_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_ratelimit_admin_handler(ngx_http_request_t *r);
 
 /* this worker's view of the zone, set in init_process */
 extern ngx_http_ratelimit_stats_t  *ngx_http_ratelimit_counters;

@@ -57,6 +57,9 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
             zone->shpool->data = zone->sh;
 
+            ngx_http_ratelimit_cache_init(&zone->sh->rule_cache);
+            ngx_http_ratelimit_cache_init(&zone->sh->deny_cache);
+
             len = sizeof(" in ratelimit zone \"\"") + shm_zone->shm.name.len;
 
             zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);

@@ -1,0 +1,517 @@
+
+/*
+ * Global API rate limiter: per-customer rules kept in Redis.
+ *
+ * Every shard holds every rule, in the hash "rl:rules" (customer id ->
+ * "<stamp> <limit> <window> <algorithm>", or "<stamp> -" once deleted) with
+ * a version counter beside it.  So any live shard can tell a customer's
+ * rule, and losing a shard loses no rule.
+ *
+ * Each edge node polls the shards' versions a few times a second (one
+ * worker does it for the node): a version that moved means a rule changed
+ * somewhere, and the node's rule and deny caches are dropped.  A shard that
+ * lags behind (added to the ring, restarted empty, down during a change) is
+ * brought up to date from the shard with the highest version.
+ */
+
+
+#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_scripts.h"
+
+
+#define NGX_HTTP_RATELIMIT_POLL_INTERVAL  250
+#define NGX_HTTP_RATELIMIT_POLL_TIMEOUT   1000
+
+
+typedef struct ngx_http_ratelimit_poller_s  ngx_http_ratelimit_poller_t;
+
+typedef struct {
+    ngx_http_ratelimit_poller_t        *poller;
+    ngx_uint_t                          index;
+    ngx_http_ratelimit_slot_t          *slot;
+    long long                           version;    /* -1: unknown */
+} ngx_http_ratelimit_poll_shard_t;
+
+
+struct ngx_http_ratelimit_poller_s {
+    ngx_event_t                         timer;
+    ngx_http_ratelimit_zone_t          *zone;
+    ngx_http_ratelimit_poll_shard_t    *shards;
+    ngx_uint_t                          nshards;
+    ngx_uint_t                          pending;
+    ngx_msec_t                          started;
+    ngx_http_ratelimit_slot_t          *dump_slot;
+    ngx_log_t                          *log;
+};
+
+
+static void ngx_http_ratelimit_poll(ngx_event_t *ev);
+static void ngx_http_ratelimit_poll_reply(void *data, redisReply *reply);
+static void ngx_http_ratelimit_poll_done(ngx_http_ratelimit_poller_t *poller);
+static void ngx_http_ratelimit_poll_abandon(
+    ngx_http_ratelimit_poller_t *poller);
+static void ngx_http_ratelimit_sync_dump(void *data, redisReply *reply);
+static void ngx_http_ratelimit_sync_loaded(void *data, redisReply *reply);
+
+
+static ngx_http_ratelimit_poller_t  ngx_http_ratelimit_poller;
+
+/* timers log their data as a connection: give them one that says so */
+static ngx_connection_t             ngx_http_ratelimit_poller_conn;
+
+
+/*
+ * Parses a stored rule.  NGX_OK: *rule is the customer's; NGX_DECLINED: the
+ * customer has no rule (a tombstone); NGX_ERROR: garbled.
+ */
+
+ngx_int_t
+ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
+    ngx_http_ratelimit_rule_t *rule, uint64_t *stamp)
+{
+    u_char     *p, *last;
+    uint64_t    n;
+    rl_rule_t   r;
+
+    p = stored;
+    last = stored + len;
+    n = 0;
+
+    if (p == last || *p < '0' || *p > '9') {
+        return NGX_ERROR;
+    }
+
+    while (p < last && *p >= '0' && *p <= '9') {
+        if (n > (UINT64_MAX - 9) / 10) {
+            return NGX_ERROR;
+        }
+
+        n = n * 10 + (*p++ - '0');
+    }
+
+    if (p == last || *p++ != ' ') {
+        return NGX_ERROR;
+    }
+
+    if (stamp) {
+        *stamp = n;
+    }
+
+    ngx_memzero(rule, sizeof(ngx_http_ratelimit_rule_t));
+
+    if (last - p == 1 && *p == '-') {
+        return NGX_DECLINED;
+    }
+
+    if (rl_rule_decode((const char *) p, last - p, &r) != 0) {
+        return NGX_ERROR;
+    }
+
+    rule->has_rule = 1;
+    rule->limit = (ngx_uint_t) r.limit;
+    rule->window = (ngx_msec_t) r.window * 1000;
+
+    switch (r.algorithm) {
+
+    case RL_RULE_ALGORITHM_TOKEN_BUCKET:
+        rule->has_algorithm = 1;
+        rule->algorithm = NGX_HTTP_RATELIMIT_TOKEN_BUCKET;
+        break;
+
+    case RL_RULE_ALGORITHM_SLIDING_WINDOW:
+        rule->has_algorithm = 1;
+        rule->algorithm = NGX_HTTP_RATELIMIT_SLIDING_WINDOW;
+        break;
+
+    default:
+        break;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The shard to read a customer's rule from: the customer's place on the
+ * ring, or, when that shard is down, the next one that is up.
+ */
+
+ngx_int_t
+ngx_http_ratelimit_rules_shard(ngx_http_ratelimit_ring_t *ring,
+    u_char *customer, size_t len)
+{
+    ngx_uint_t  first, i, shard;
+
+    first = ngx_http_ratelimit_ring_lookup(ring, customer, len);
+
+    for (i = 0; i < ring->nshards; i++) {
+        shard = (first + i) % ring->nshards;
+
+        if (ring->health[shard].down_until == 0) {
+            return shard;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_main_conf_t *rmcf)
+{
+    ngx_uint_t                    i;
+    ngx_http_ratelimit_poller_t  *poller;
+
+    poller = &ngx_http_ratelimit_poller;
+
+    poller->zone = rmcf->shm_zone->data;
+    poller->nshards = rmcf->shards.nelts;
+    poller->log = cycle->log;
+
+    poller->shards = ngx_pcalloc(cycle->pool, poller->nshards
+                                 * sizeof(ngx_http_ratelimit_poll_shard_t));
+    if (poller->shards == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < poller->nshards; i++) {
+        poller->shards[i].poller = poller;
+        poller->shards[i].index = i;
+    }
+
+    ngx_http_ratelimit_poller_conn.fd = (ngx_socket_t) -1;
+
+    poller->timer.handler = ngx_http_ratelimit_poll;
+    poller->timer.data = &ngx_http_ratelimit_poller_conn;
+    poller->timer.log = cycle->log;
+    poller->timer.cancelable = 1;
+
+    ngx_add_timer(&poller->timer, NGX_HTTP_RATELIMIT_POLL_INTERVAL);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_ratelimit_rules_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_poller_t  *poller;
+
+    poller = &ngx_http_ratelimit_poller;
+
+    if (poller->timer.timer_set) {
+        ngx_del_timer(&poller->timer);
+    }
+
+    ngx_http_ratelimit_poll_abandon(poller);
+}
+
+
+static void
+ngx_http_ratelimit_poll(ngx_event_t *ev)
+{
+    ngx_http_ratelimit_poller_t *poller = &ngx_http_ratelimit_poller;
+
+    const char                  *argv[2];
+    size_t                       argvlen[2];
+    ngx_uint_t                   i;
+    ngx_msec_t                   now;
+    ngx_atomic_uint_t            last;
+    ngx_http_ratelimit_shctx_t  *sh;
+    ngx_http_ratelimit_health_t *h;
+    ngx_http_ratelimit_conn_t   *conn;
+
+    if (ngx_exiting) {
+        return;
+    }
+
+    ngx_add_timer(&poller->timer, NGX_HTTP_RATELIMIT_POLL_INTERVAL);
+
+    now = ngx_current_msec;
+
+    if (poller->pending || poller->dump_slot) {
+        if (now - poller->started < NGX_HTTP_RATELIMIT_POLL_TIMEOUT) {
+            return;
+        }
+
+        /* a shard that does not answer leaves the round without it */
+
+        ngx_http_ratelimit_poll_abandon(poller);
+        ngx_http_ratelimit_poll_done(poller);
+        return;
+    }
+
+    /* one worker of this node polls each interval: whoever moves the mark */
+
+    sh = poller->zone->sh;
+    last = sh->rules_polled_at;
+
+    if (now - last < NGX_HTTP_RATELIMIT_POLL_INTERVAL - 10
+        || !ngx_atomic_cmp_set(&sh->rules_polled_at, last, now))
+    {
+        return;
+    }
+
+    poller->started = now;
+
+    argv[0] = "GET";
+    argvlen[0] = 3;
+    argv[1] = NGX_HTTP_RATELIMIT_RULES_VERSION;
+    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+
+    for (i = 0; i < poller->nshards; i++) {
+        poller->shards[i].version = -1;
+        poller->shards[i].slot = NULL;
+
+        h = &poller->zone->ring->health[i];
+
+        /* polling doubles as the probe of a shard that is down */
+
+        if (ngx_http_ratelimit_shard_state(h) == NGX_HTTP_RATELIMIT_SHARD_DOWN) {
+            continue;
+        }
+
+        conn = ngx_http_ratelimit_redis_conn(i);
+
+        poller->shards[i].slot = ngx_http_ratelimit_redis_send(conn, 2, argv,
+                                           argvlen,
+                                           ngx_http_ratelimit_poll_reply,
+                                           &poller->shards[i]);
+        if (poller->shards[i].slot) {
+            poller->pending++;
+        }
+    }
+
+    if (poller->pending == 0) {
+        ngx_http_ratelimit_poll_done(poller);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_poll_reply(void *data, redisReply *reply)
+{
+    ngx_http_ratelimit_poll_shard_t *ps = data;
+
+    ngx_http_ratelimit_poller_t  *poller;
+
+    poller = ps->poller;
+    ps->slot = NULL;
+
+    if (reply && reply->type == REDIS_REPLY_NIL) {
+        ps->version = 0;
+
+    } else if (reply && reply->type == REDIS_REPLY_STRING) {
+        ps->version = ngx_atoof((u_char *) reply->str, reply->len);
+    }
+
+    if (--poller->pending == 0) {
+        ngx_http_ratelimit_poll_done(poller);
+    }
+}
+
+
+/*
+ * Every shard that could answer did: a new highest version means a rule
+ * changed on some edge node; shards below it are brought up to date.
+ */
+
+static void
+ngx_http_ratelimit_poll_done(ngx_http_ratelimit_poller_t *poller)
+{
+    const char                  *argv[5];
+    size_t                       argvlen[5];
+    long long                    highest;
+    ngx_uint_t                   i, source, lagging;
+    ngx_http_ratelimit_shctx_t  *sh;
+
+    sh = poller->zone->sh;
+    highest = -1;
+    source = 0;
+    lagging = 0;
+
+    for (i = 0; i < poller->nshards; i++) {
+        if (poller->shards[i].version > highest) {
+            highest = poller->shards[i].version;
+            source = i;
+        }
+    }
+
+    if (highest < 0) {
+        return;
+    }
+
+    if ((ngx_atomic_uint_t) highest != sh->rules_version) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, poller->log, 0,
+                       "ratelimit: rules version %uA -> %L",
+                       sh->rules_version, highest);
+
+        sh->rules_version = (ngx_atomic_uint_t) highest;
+        ngx_http_ratelimit_cache_invalidate(poller->zone);
+    }
+
+    for (i = 0; i < poller->nshards; i++) {
+        if (poller->shards[i].version >= 0
+            && poller->shards[i].version < highest)
+        {
+            lagging++;
+        }
+    }
+
+    if (lagging == 0) {
+        return;
+    }
+
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = NGX_HTTP_RATELIMIT_LUA_RULES_DUMP;
+    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_DUMP) - 1;
+    argv[2] = "2";
+    argvlen[2] = 1;
+    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
+    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
+    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
+    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+
+    poller->started = ngx_current_msec;
+    poller->dump_slot = ngx_http_ratelimit_redis_send(
+                            ngx_http_ratelimit_redis_conn(source), 5, argv,
+                            argvlen, ngx_http_ratelimit_sync_dump, poller);
+}
+
+
+/* the rules of the most recent shard: load them into those behind it */
+
+static void
+ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
+{
+    ngx_http_ratelimit_poller_t *poller = data;
+
+    u_char                     *p;
+    size_t                     *argvlen, n, j;
+    long long                   version;
+    ngx_uint_t                  i;
+    const char                **argv;
+    u_char                      vbuf[NGX_INT64_LEN];
+
+    poller->dump_slot = NULL;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements == 0 || reply->elements % 2 != 1
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
+        ngx_log_error(NGX_LOG_WARN, poller->log, 0,
+                      "ratelimit: could not read the rules to sync shards");
+        return;
+    }
+
+    for (j = 1; j < reply->elements; j++) {
+        if (reply->element[j]->type != REDIS_REPLY_STRING) {
+            ngx_log_error(NGX_LOG_WARN, poller->log, 0,
+                          "ratelimit: unexpected rules dump, not syncing");
+            return;
+        }
+    }
+
+    version = reply->element[0]->integer;
+
+    /* EVAL body 2 key key version id value ... */
+
+    n = 6 + reply->elements - 1;
+
+    argv = ngx_alloc(n * sizeof(char *), poller->log);
+    argvlen = ngx_alloc(n * sizeof(size_t), poller->log);
+
+    if (argv == NULL || argvlen == NULL) {
+        goto done;
+    }
+
+    p = ngx_sprintf(vbuf, "%L", version);
+
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = NGX_HTTP_RATELIMIT_LUA_RULES_LOAD;
+    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LOAD) - 1;
+    argv[2] = "2";
+    argvlen[2] = 1;
+    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
+    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
+    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
+    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+    argv[5] = (const char *) vbuf;
+    argvlen[5] = p - vbuf;
+
+    for (j = 1; j < reply->elements; j++) {
+        argv[5 + j] = reply->element[j]->str;
+        argvlen[5 + j] = reply->element[j]->len;
+    }
+
+    for (i = 0; i < poller->nshards; i++) {
+        if (poller->shards[i].version < 0
+            || poller->shards[i].version >= version)
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, poller->log, 0,
+                      "ratelimit: shard %V has rules version %L of %L, "
+                      "syncing %uz rules",
+                      ngx_http_ratelimit_redis_name(
+                          ngx_http_ratelimit_redis_conn(i)),
+                      poller->shards[i].version, version,
+                      (reply->elements - 1) / 2);
+
+        /* formatted into the output buffer now: the reply may go after */
+
+        (void) ngx_http_ratelimit_redis_send(ngx_http_ratelimit_redis_conn(i),
+                                             (int) n, argv, argvlen,
+                                             ngx_http_ratelimit_sync_loaded,
+                                             poller);
+    }
+
+done:
+
+    if (argv) {
+        ngx_free(argv);
+    }
+
+    if (argvlen) {
+        ngx_free(argvlen);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_sync_loaded(void *data, redisReply *reply)
+{
+    ngx_http_ratelimit_poller_t *poller = data;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        ngx_log_error(NGX_LOG_WARN, poller->log, 0,
+                      "ratelimit: syncing rules to a shard failed: %s",
+                      reply && reply->type == REDIS_REPLY_ERROR
+                      ? reply->str : "no answer");
+    }
+}
+
+
+static void
+ngx_http_ratelimit_poll_abandon(ngx_http_ratelimit_poller_t *poller)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < poller->nshards; i++) {
+        if (poller->shards[i].slot) {
+            ngx_http_ratelimit_redis_detach(poller->shards[i].slot);
+            poller->shards[i].slot = NULL;
+        }
+    }
+
+    if (poller->dump_slot) {
+        ngx_http_ratelimit_redis_detach(poller->dump_slot);
+        poller->dump_slot = NULL;
+    }
+
+    poller->pending = 0;
+}
