@@ -26,8 +26,12 @@ static char *ngx_http_ratelimit_admin(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_admin_token(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static char *ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post,
-    void *data);
+static char *ngx_http_ratelimit_set_enum(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_set_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_set_timeout(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_ratelimit_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_ratelimit_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle);
@@ -55,16 +59,6 @@ static ngx_conf_enum_t  ngx_http_ratelimit_header_sets[] = {
 };
 
 
-static ngx_conf_num_bounds_t  ngx_http_ratelimit_status_bounds = {
-    ngx_conf_check_num_bounds, 400, 599
-};
-
-
-static ngx_conf_post_t  ngx_http_ratelimit_timeout_post = {
-    ngx_http_ratelimit_check_timeout
-};
-
-
 static ngx_command_t  ngx_http_ratelimit_commands[] = {
 
     { ngx_string("ratelimit_zone"),
@@ -83,10 +77,10 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
 
     { ngx_string("ratelimit_redis_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_ratelimit_set_timeout,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_main_conf_t, timeout),
-      &ngx_http_ratelimit_timeout_post },
+      NULL },
 
     { ngx_string("ratelimit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -111,28 +105,28 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
 
     { ngx_string("ratelimit_algorithm"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_ratelimit_set_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_loc_conf_t, algorithm),
       &ngx_http_ratelimit_algorithms },
 
     { ngx_string("ratelimit_fail"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_ratelimit_set_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_loc_conf_t, fail),
       &ngx_http_ratelimit_fail_policies },
 
     { ngx_string("ratelimit_status"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_ratelimit_set_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_loc_conf_t, status),
-      &ngx_http_ratelimit_status_bounds },
+      NULL },
 
     { ngx_string("ratelimit_headers"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_ratelimit_set_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_loc_conf_t, headers),
       &ngx_http_ratelimit_header_sets },
@@ -735,14 +729,110 @@ ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-static char *
-ngx_http_ratelimit_check_timeout(ngx_conf_t *cf, void *post, void *data)
-{
-    ngx_msec_t  *timeout = data;
+/*
+ * The stock slots name either the directive or the value; these name both,
+ * and what would have been right.
+ */
 
-    if (*timeout == 0) {
-        return "must be greater than 0";
+static char *
+ngx_http_ratelimit_set_enum(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    u_char           *last;
+    ngx_str_t        *value;
+    ngx_uint_t       *np, i;
+    ngx_conf_enum_t  *e;
+    u_char            expected[128];
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
     }
+
+    value = cf->args->elts;
+    e = cmd->post;
+
+    for (i = 0; e[i].name.len != 0; i++) {
+        if (e[i].name.len == value[1].len
+            && ngx_strcasecmp(e[i].name.data, value[1].data) == 0)
+        {
+            *np = e[i].value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    last = expected;
+
+    for (i = 0; e[i].name.len != 0; i++) {
+        last = ngx_slprintf(last, expected + sizeof(expected), "%s\"%V\"",
+                            i == 0 ? "" : (e[i + 1].name.len ? ", " : " or "),
+                            &e[i].name);
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"%V\", expected %*s",
+                       &value[1], &cmd->name, last - expected, expected);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_ratelimit_set_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_loc_conf_t *rlcf = conf;
+
+    ngx_int_t   status;
+    ngx_str_t  *value;
+
+    if (rlcf->status != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    status = ngx_atoi(value[1].data, value[1].len);
+
+    if (status == NGX_ERROR || status < 400 || status > 599) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid status \"%V\" in \"%V\", "
+                           "must be 400 to 599", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rlcf->status = status;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ratelimit_set_timeout(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_ratelimit_main_conf_t *rmcf = conf;
+
+    ngx_int_t   timeout;
+    ngx_str_t  *value;
+
+    if (rmcf->timeout != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    timeout = ngx_parse_time(&value[1], 0);
+
+    if (timeout == NGX_ERROR || timeout == 0 || timeout > 60000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid timeout \"%V\" in \"%V\", "
+                           "must be 1ms to 60s", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rmcf->timeout = timeout;
 
     return NGX_CONF_OK;
 }

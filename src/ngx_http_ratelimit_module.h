@@ -55,7 +55,7 @@
  */
 #define NGX_HTTP_RATELIMIT_MAX_RAW_KEY      128
 
-/* "rl:tb:" + "#" + 40 hex digits, or "rl:tb:" + raw key */
+/* "rl:tb:k:" + a key of up to 126 bytes, or "rl:tb:h:" + 40 hex digits */
 #define NGX_HTTP_RATELIMIT_MAX_REDIS_KEY    (6 + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
 
 

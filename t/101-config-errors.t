@@ -232,7 +232,7 @@ qr/\[emerg\] .*"ratelimit_default" directive is duplicate in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*invalid value "leaky" in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid value "leaky" in "ratelimit_algorithm", expected "token_bucket" or "sliding_window" in \S+nginx\.conf:\d+/
 
 
 
@@ -248,7 +248,7 @@ qr/\[emerg\] .*invalid value "leaky" in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*invalid value "maybe" in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid value "maybe" in "ratelimit_fail", expected "open" or "closed" in \S+nginx\.conf:\d+/
 
 
 
@@ -264,7 +264,7 @@ qr/\[emerg\] .*invalid value "maybe" in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*value must be between 400 and 599 in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid status "200" in "ratelimit_status", must be 400 to 599 in \S+nginx\.conf:\d+/
 
 
 
@@ -280,7 +280,7 @@ qr/\[emerg\] .*value must be between 400 and 599 in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*value must be between 400 and 599 in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid status "600" in "ratelimit_status", must be 400 to 599 in \S+nginx\.conf:\d+/
 
 
 
@@ -296,7 +296,7 @@ qr/\[emerg\] .*value must be between 400 and 599 in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*"ratelimit_status" directive invalid number in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid status "slow" in "ratelimit_status", must be 400 to 599 in \S+nginx\.conf:\d+/
 
 
 
@@ -312,7 +312,7 @@ qr/\[emerg\] .*"ratelimit_status" directive invalid number in \S+nginx\.conf:\d+
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*invalid value "sometimes" in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid value "sometimes" in "ratelimit_headers", expected "off", "on" or "legacy" in \S+nginx\.conf:\d+/
 
 
 
@@ -615,7 +615,7 @@ qr/\[emerg\] .*invalid zone size "ratelimit:big" in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*"ratelimit_redis_timeout" directive must be greater than 0 in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid timeout "0" in "ratelimit_redis_timeout", must be 1ms to 60s in \S+nginx\.conf:\d+/
 
 
 
@@ -631,4 +631,4 @@ qr/\[emerg\] .*"ratelimit_redis_timeout" directive must be greater than 0 in \S+
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*"ratelimit_redis_timeout" directive invalid value in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*invalid timeout "soon" in "ratelimit_redis_timeout", must be 1ms to 60s in \S+nginx\.conf:\d+/

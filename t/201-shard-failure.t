@@ -41,7 +41,7 @@ EOF
 
 my $nginx = RLTest::Nginx->start(workers => 2, http => ratelimit_http(
     shards  => [$keep->port, $victim->port],
-    timeout => '100ms',
+    timeout => '300ms',
     body    => "    server {\n        listen 127.0.0.1:%PORT%;\n$locations    }\n"));
 
 # keys that the ring puts on each shard, found by where the counts land
@@ -83,7 +83,7 @@ subtest 'killed shard, fail open' => sub {
 
 subtest 'killed shard, fail closed' => sub {
     my $r = $nginx->get('/closed/x', 'X-User-Id' => $on_victim[2]);
-    is $r->{status}, 503, '503';
+    is $r->{status}, 503, 'answers 503';
     like $r->{headers}{'retry-after'}, qr/^[1-9]\d*$/, 'with Retry-After';
 };
 
@@ -97,7 +97,7 @@ subtest 'a down shard costs no timeout and few log lines' => sub {
     my @st = map { $nginx->get('/closed/x', 'X-User-Id' => $on_victim[3])->{status} } 1 .. 40;
     my $took = time - $t0;
     is_deeply [grep { $_ != 503 } @st], [], 'all 503';
-    cmp_ok $took, '<', 40 * 0.1 / 2, sprintf 'well under 40 timeouts (%.2fs)', $took;
+    cmp_ok $took, '<', 40 * 0.3 / 4, sprintf 'well under 40 timeouts (%.2fs)', $took;
     my @lines = $nginx->error_log =~ /failing (?:open|closed)/g;
     cmp_ok scalar @lines, '<=', 20, scalar(@lines) . ' "failing" lines for 47 requests';
     like $nginx->error_log, qr/shard 127\.0\.0\.1:\d+ marked down/, 'marked down is logged';
@@ -121,15 +121,15 @@ subtest 'the shard comes back' => sub {
 };
 
 subtest 'a shard that hangs takes the fail path after the timeout' => sub {
-    $keep->cli('CLIENT', 'PAUSE', 1500, 'ALL');
+    $keep->cli('CLIENT', 'PAUSE', 2500, 'ALL');
     my $t0 = time;
     my $r = $nginx->get('/closed/x', 'X-User-Id' => $on_keep[2]);
     my $took = time - $t0;
     is $r->{status}, 503, 'closed: 503';
-    cmp_ok $took, '<', 1.0, sprintf 'after %.3fs, not when Redis wakes', $took;
+    cmp_ok $took, '<', 1.2, sprintf 'after %.3fs, not when Redis wakes', $took;
     $r = $nginx->get('/open/x', 'X-User-Id' => $on_keep[3]);
     is $r->{status}, 200, 'open: allowed';
-    sleep 1.6;
+    sleep 2.6;
 };
 
 subtest 'a shard that answers garbage' => sub {
@@ -137,7 +137,7 @@ subtest 'a shard that answers garbage' => sub {
         shards => [$liar_port],
         body   => "    server {\n        listen 127.0.0.1:%PORT%;\n$locations    }\n"));
     my @st = map { $liar_nginx->get('/closed/x', 'X-User-Id' => "u$_")->{status} } 1 .. 5;
-    is_deeply \@st, [(503) x 5], 'closed: 503';
+    is_deeply \@st, [(503) x 5], 'closed: five times 503';
     is $liar_nginx->get('/open/x', 'X-User-Id' => 'u9')->{status}, 200, 'open: 200';
     my $log = $liar_nginx->error_log;
     like $log, qr/malformed reply|answered/, 'the bad reply is named in the log';

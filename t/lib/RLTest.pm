@@ -38,7 +38,8 @@ sub ratelimit_http {
         my ($port, $extra) = ref $_ ? @$_ : ($_, '');
         "    ratelimit_redis 127.0.0.1:$port$extra;\n"
     } @{ $opt{shards} };
-    my $timeout = $opt{timeout} ? "    ratelimit_redis_timeout $opt{timeout};\n" : '';
+    # suites not about timeouts wait long: a busy 2-core box is no failure
+    my $timeout = "    ratelimit_redis_timeout " . ($opt{timeout} || '1s') . ";\n";
     return "    ratelimit_zone ratelimit:$zone;\n$shards$timeout$opt{body}";
 }
 
