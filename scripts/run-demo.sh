@@ -48,6 +48,12 @@ done
 user=""
 [ "$(id -u)" = 0 ] && user="user root;"
 
+# a fresh admin token for this run, readable by nobody else
+umask 077
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run/conf/admin.token"
+umask 022
+token=$(cat "$run/conf/admin.token")
+
 cat > "$run/conf/nginx.conf" <<CONF
 load_module $top/build/ngx_http_ratelimit_module.so;
 $user
@@ -75,7 +81,14 @@ The demo runs (logs in build/demo/logs). Try:
 
     curl -i -H 'X-User-Id: alice' http://127.0.0.1:8080/api/hello
 
-the 11th request of a minute gets 429 with Retry-After.  Ctrl-C stops it.
+the 11th request of a minute gets 429 with Retry-After.  Give alice more:
+
+    curl -X PUT http://127.0.0.1:8080/admin/limits \\
+         -H 'Authorization: Bearer $token' \\
+         -H 'Content-Type: application/json' \\
+         -d '{"customer_id": "alice", "limit": 100, "window": 60}'
+
+Counters: curl http://127.0.0.1:8080/ratelimit/stats    Ctrl-C stops it.
 
 MSG
 
