@@ -66,6 +66,7 @@ __DATA__
 === TEST 1: allowed up to the limit, then 429 with Retry-After in whole seconds
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -93,6 +94,7 @@ __DATA__
 === TEST 2: no user id: the client address is the key; a user id counts apart
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -118,6 +120,7 @@ main::forget_ip();
 === TEST 3: the count of TEST 2 is kept under rl:tb:k:127.0.0.1
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -141,6 +144,7 @@ Retry-After: [1-9][0-9]*
 === TEST 4: two user ids have separate counts
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -161,6 +165,7 @@ Retry-After: [1-9][0-9]*
 === TEST 5: ratelimit_status changes the status of a denial (503, 418)
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -192,6 +197,7 @@ Retry-After: [1-9][0-9]*
 === TEST 6: "ratelimit off" in a nested location turns the inherited limit off
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -223,6 +229,7 @@ Retry-After: [1-9][0-9]*
 === TEST 7: a limit set at server level applies in a location, with its own default
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -256,6 +263,7 @@ Retry-After: [1-9][0-9]*
 === TEST 8: an empty key is not limited (and gets no headers)
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -281,6 +289,7 @@ Retry-After: [1-9][0-9]*
 === TEST 9: a 100 KB user id is counted: allowed up to the limit, then denied
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -307,6 +316,7 @@ Retry-After: [1-9][0-9]*
 === TEST 10: the 100 KB user id is still denied; its Redis key is its SHA-1
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -334,6 +344,7 @@ Retry-After: [1-9][0-9]*
 === TEST 11: a 126-byte and a 127-byte user id use up their quota
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -354,6 +365,7 @@ Retry-After: [1-9][0-9]*
 === TEST 12: the 126-byte user id is the Redis key as it is
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -375,6 +387,7 @@ GET /t
 === TEST 13: the 127-byte user id is replaced by its SHA-1
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -396,6 +409,7 @@ GET /t
 === TEST 14: a denied request never reaches the origin
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
     log_format origin "origin hit: $http_x_user_id";
@@ -435,6 +449,7 @@ GET /t
 === TEST 15: error_page 429 = /limited.txt serves that answer; the redirect is not counted again
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
@@ -466,6 +481,7 @@ slow down
 === TEST 16: an allowed request redirected by error_page 404 is counted once
 --- http_config
     ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;   # a busy box is no shard failure
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
 --- config
