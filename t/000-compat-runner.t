@@ -109,7 +109,7 @@ _EOS_
     die "fork failed: $!" unless defined $pid;
     if ($pid == 0) {
         open STDERR, '>&', \*STDOUT;
-        exec $^X, (map { "-I$_" } grep { !ref } @INC), $file;
+        { exec $^X, (map { "-I$_" } grep { !ref } @INC), $file; }
         print "exec $^X failed: $!\n";
         POSIX::_exit(127);
     }
