@@ -1,0 +1,421 @@
+#!/usr/bin/perl
+# The reporting half of `make bench`: reads meta.txt, rounds.tsv and
+# memory.tsv in the results directory, prints the summary (bench/run.sh
+# saves it as summary.txt) and writes plot.dat and plot.vars for
+# bench/plot.gp.
+#
+#   perl bench/report.pl bench/results > bench/results/summary.txt
+#
+# Every figure is the median over the rounds of that round's figure; the
+# ratios and differences to plain nginx are taken within each round first,
+# so a round the machine was slower in moves both sides alike.
+
+use strict;
+use warnings;
+
+my $dir = shift @ARGV or die "usage: report.pl RESULTS_DIR\n";
+
+my %meta = read_meta("$dir/meta.txt");
+$meta{$_} //= '?' for qw(nproc cpu kernel loadavg nginx redis wrk commit date
+                        duration c1_duration threads connections keys
+                        mem_limit mem_window);
+
+my @SCENARIOS = (
+    [ plain      => 'plain nginx (baseline)' ],
+    [ limit_req  => 'nginx limit_req, per box' ],
+    [ allowed    => "module, $meta{keys} keys, all allowed" ],
+    [ hot_key    => 'module, 1 hot key, denied' ],
+    [ shard_down => 'module, 1 of 2 shards down, fail open' ],
+);
+my %NAME = map { $_->[0] => $_->[1] } @SCENARIOS;
+my @ORDER = map { $_->[0] } @SCENARIOS;
+my %NUMBER = map { $ORDER[$_] => $_ + 1 } 0 .. $#ORDER;
+
+my @rows = read_tsv("$dir/rounds.tsv");
+my @memory = -e "$dir/memory.tsv" ? read_tsv("$dir/memory.tsv") : ();
+
+# $by{scenario}{mode}{round} = row
+my %by;
+$by{ $_->{scenario} }{ $_->{mode} }{ $_->{round} } = $_ for @rows;
+my @rounds = sort { $a <=> $b } keys %{ { map { $_->{round} => 1 } @rows } };
+
+sub median {
+    my @v = sort { $a <=> $b } grep { defined && $_ ne '-' } @_;
+    return undef unless @v;
+    my $m = int(@v / 2);
+    return @v % 2 ? $v[$m] : ($v[$m - 1] + $v[$m]) / 2;
+}
+
+# median over the rounds of f(row of s, row of plain in the same round)
+sub per_round {
+    my ($s, $mode, $f) = @_;
+    my @v;
+    for my $r (@rounds) {
+        my $row = $by{$s}{$mode}{$r} or next;
+        my $base = $by{plain}{$mode}{$r};
+        my $x = $f->($row, $base);
+        push @v, $x if defined $x;
+    }
+    return median(@v);
+}
+
+sub ratio {
+    my ($a, $b) = @_;
+    return undef if !defined $a || !defined $b || $a eq '-' || $b eq '-'
+                    || $b == 0;
+    return $a / $b;
+}
+
+sub fmt {
+    my ($fmt, $v) = @_;
+    return defined $v ? sprintf($fmt, $v) : '-';
+}
+
+my $conns = "-t$meta{threads} -c$meta{connections}";
+my $nrounds = @rounds;
+
+# --- header ---------------------------------------------------------------
+
+print <<HEAD;
+make bench: global rate limiter against plain nginx and limit_req
+
+machine   $meta{nproc} cores, $meta{cpu}, $meta{kernel}; load average at the start $meta{loadavg}
+software  $meta{nginx}, Redis $meta{redis}, wrk $meta{wrk}
+code      $meta{commit}
+run       $meta{date}, $nrounds round@{[ $nrounds == 1 ? "" : "s" ]}, scenarios interleaved (the first rotates);
+          per round and scenario $meta{duration} s at $conns, then $meta{c1_duration} s at -t1 -c1;
+          every figure is the median over the rounds
+setup     2 Redis shards, nginx worker_processes 2, keepalive, access_log off,
+          everything (wrk included) on the same $meta{nproc} cores of 127.0.0.1;
+          every scenario answers with the same content handler, empty_gif
+          (200, a 43-byte GIF), so they differ only in what runs before it;
+          module: token_bucket, ratelimit_headers on, ratelimit_fail open
+
+HEAD
+
+# --- load -----------------------------------------------------------------
+
+my (%rps, %x, @plot);
+
+print "Throughput and latency under load ($conns)\n\n";
+printf "  %-2s %-38s %9s %8s %8s %8s %9s %8s\n",
+       '', 'scenario', 'req/s', 'x plain', 'p50 ms', 'p99 ms', 'p99.9 ms',
+       'non-2xx';
+
+for my $s (@ORDER) {
+    my @r = map { $by{$s}{load}{$_} // () } @rounds;
+    next unless @r;
+    my $rps = median(map { $_->{rps} } @r);
+    my $x = per_round($s, 'load', sub { ratio($_[0]{rps}, $_[1]{rps}) });
+    my %p = map { my $c = $_; $c => median(map { $_->{$c} } @r) / 1000 }
+            qw(p50_us p99_us p999_us);
+    my $non2xx = median(map { $_->{non2xx} / ($_->{requests} || 1) } @r);
+    my $errors = median(map { $_->{sock_errors} } @r);
+
+    ($rps{$s}, $x{$s}) = ($rps, $x);
+
+    printf "  %-2s %-38s %9.0f %8s %8.3f %8.3f %9.3f %8s%s\n",
+           $NUMBER{$s}, $NAME{$s}, $rps, fmt('%.2f', $x), $p{p50_us},
+           $p{p99_us}, $p{p999_us},
+           $non2xx ? sprintf('%.1f%%', 100 * $non2xx) : '0',
+           $errors ? "  ($errors socket errors)" : '';
+
+    my @all = map { $_->{rps} } @r;
+    push @plot, [ $NUMBER{$s}, "$NUMBER{$s} $s", $rps,
+                  (sort { $a <=> $b } @all)[0, -1], fmt('%.2f', $x),
+                  @p{qw(p50_us p99_us p999_us)} ];
+}
+
+print "\n  non-2xx: share of answers that were not 2xx (429 from the module,\n"
+    . "  503 from limit_req); only scenario 4 should have any.\n\n";
+
+# --- one connection -------------------------------------------------------
+
+my (%add50, %add99);
+
+print "Added latency per request, one connection (-t1 -c1), against plain nginx\n\n";
+printf "  %-2s %-38s %9s %8s %11s %8s %9s %9s %9s\n",
+       '', 'scenario', 'req/s', 'p50 us', 'p50 range', 'p99 us', 'p99.9 us',
+       '+p50 us', '+p99 us';
+
+for my $s (@ORDER) {
+    my @r = map { $by{$s}{c1}{$_} // () } @rounds;
+    next unless @r;
+    $add50{$s} = per_round($s, 'c1', sub { $_[1] ? $_[0]{p50_us} - $_[1]{p50_us} : undef });
+    $add99{$s} = per_round($s, 'c1', sub { $_[1] ? $_[0]{p99_us} - $_[1]{p99_us} : undef });
+
+    my @p50 = sort { $a <=> $b } map { $_->{p50_us} } @r;
+    printf "  %-2s %-38s %9.0f %8.0f %11s %8.0f %9.0f %9s %9s\n",
+           $NUMBER{$s}, $NAME{$s}, median(map { $_->{rps} } @r),
+           median(@p50), "$p50[0]-$p50[-1]", median(map { $_->{p99_us} } @r),
+           median(map { $_->{p999_us} } @r),
+           $s eq 'plain' ? '' : fmt('%+.0f', $add50{$s}),
+           $s eq 'plain' ? '' : fmt('%+.0f', $add99{$s});
+}
+
+print <<'NOTE';
+
+  +p50/+p99: this scenario's percentile minus plain nginx's, same round.
+  With one connection every request waits for the one before, so this is
+  the pure cost per request.  p50 range: lowest and highest p50 of the
+  rounds; on a VM a round can land far apart (where the scheduler put wrk,
+  the worker and Redis): more rounds give steadier medians.
+
+NOTE
+
+# --- Redis traffic --------------------------------------------------------
+
+my (%cmds, %writes);
+
+print "Redis traffic under load ($conns), per request and per check\n\n";
+printf "  %-2s %-14s %10s %12s %8s %11s %12s %9s %13s %11s\n",
+       '', 'scenario', 'checks/req', 'EVALSHA/req', 'us/call', 'cmds/check',
+       'writes/check', 'denied', 'denied_cached', 'failed_open';
+
+for my $s (@ORDER) {
+    my @r = map { $by{$s}{load}{$_} // () } @rounds;
+    next unless @r;
+    my $m = sub { my $f = shift; median(map { $f->($_) } @r) };
+    my $module = $r[0]{checks} ne '-';
+
+    my $evalsha = $m->(sub { ratio($_[0]{evalsha} + $_[0]{eval},
+                                   $_[0]{requests}) });
+    # a handful of checks (a deny cache answering) gives no usable ratio
+    my $few = $module && $m->(sub { $_[0]{checks} }) < 100;
+    $cmds{$s} = $few ? undef
+        : $m->(sub { ratio($_[0]{redis_commands}, $_[0]{checks}) });
+    $writes{$s} = $few ? undef
+        : $m->(sub { ratio($_[0]{redis_writes}, $_[0]{checks}) });
+    my $checks = $m->(sub { ratio($_[0]{checks}, $_[0]{requests}) });
+
+    # shares of the answered requests
+    my $share = sub {
+        my $c = shift;
+        return '-' unless $module;
+        my $v = $m->(sub { ratio($_[0]{$c}, $_[0]{requests}) });
+        return fmt('%.1f%%', defined $v ? 100 * $v : undef);
+    };
+
+    my $usec = $m->(sub { ($_[0]{evalsha} // 0) >= 100
+                          ? ratio($_[0]{evalsha_usec}, $_[0]{evalsha})
+                          : undef });
+    printf "  %-2s %-14s %10s %12s %8s %11s %12s %9s %13s %11s\n",
+           $NUMBER{$s}, $s, fmt('%.3f', $checks), fmt('%.3f', $evalsha),
+           fmt('%.1f', $usec),
+           fmt('%.3f', $cmds{$s}), fmt('%.3f', $writes{$s}),
+           $share->('denied'), $share->('denied_cached'),
+           $share->('failed_open');
+}
+
+print <<'NOTE';
+
+  checks/req    Redis checks the module started per answered request
+  EVALSHA/req   EVALSHA + EVAL calls the shards counted (INFO commandstats)
+  us/call       Redis' own time per EVALSHA (commandstats usec / calls): the
+                script's cost, paid on every check, inside Redis
+  cmds/check    commands the module queued per check (1 = no retries)
+  writes/check  send() calls to Redis per check: the round trips; below 1
+                when checks of the same event loop turn share one write
+                (both "-" when fewer than 100 checks were made in a run);
+                both counters also count the module's own background
+                traffic (the rules poll, a few commands a second)
+  denied, denied_cached, failed_open: the module's counters, as shares of
+                the answered requests; denied_cached are denials from
+                shared memory, without Redis
+
+NOTE
+
+# --- CPU ------------------------------------------------------------------
+
+print "Where the CPU goes under load ($conns)\n\n";
+printf "  %-2s %-12s %21s   %s\n", '', '', 'CPU us per request',
+       'share of the whole box (all cores)';
+printf "  %-2s %-12s %6s %6s %6s %7s %6s %6s %6s %6s\n",
+       '', 'scenario', 'nginx', 'Redis', 'wrk', 'nginx', 'Redis', 'wrk',
+       'other', 'idle';
+
+for my $s (@ORDER) {
+    my @r = map { $by{$s}{load}{$_} // () } @rounds;
+    next unless @r;
+    my $m = sub { my $f = shift; median(map { $f->($_) } @r) };
+    my $per = sub {
+        my $c = shift;
+        fmt('%.1f', $m->(sub { ratio($_[0]{$c} * 1000, $_[0]{requests}) }));
+    };
+    my $box = sub {
+        my $f = shift;
+        fmt('%.0f%%', $m->(sub {
+            my $v = $f->($_[0]);
+            defined $v ? ratio(100 * $v, $_[0]{box_total_ms}) : undef;
+        }));
+    };
+    my $other = sub {
+        my $v = $_[0]{box_busy_ms} - $_[0]{cpu_nginx_ms}
+                - $_[0]{cpu_redis_ms} - $_[0]{cpu_wrk_ms};
+        return $v < 0 ? 0 : $v;
+    };
+
+    printf "  %-2s %-12s %6s %6s %6s %7s %6s %6s %6s %6s\n",
+           $NUMBER{$s}, $s, $per->('cpu_nginx_ms'), $per->('cpu_redis_ms'),
+           $per->('cpu_wrk_ms'),
+           $box->(sub { $_[0]{cpu_nginx_ms} }),
+           $box->(sub { $_[0]{cpu_redis_ms} }),
+           $box->(sub { $_[0]{cpu_wrk_ms} }),
+           $box->($other),
+           $box->(sub { $_[0]{box_total_ms} - $_[0]{box_busy_ms} });
+}
+
+print <<'NOTE';
+
+  user + system time of the nginx workers, of both Redis servers and of wrk
+  over the run, from /proc (10 ms ticks); "other" is the rest of the busy
+  time of the machine (/proc/stat): processes that are not the benchmark's
+  (a busy "other" means a noisy run) and kernel work charged to no one.
+  Redis shares these cores here; in production it runs on other machines,
+  so the module's throughput ratio on this box is a pessimistic one.
+
+NOTE
+
+# --- memory ---------------------------------------------------------------
+
+if (@memory) {
+    print "Redis memory per limited key ($meta{keys} keys per algorithm, one "
+        . "request each,\nlimit $meta{mem_limit} per $meta{mem_window} s; "
+        . "used_memory of both shards before and after)\n\n";
+    printf "  %-15s %6s %12s %10s %13s %9s %15s %9s %10s\n",
+           'algorithm', 'keys', 'used_memory', 'bytes/key', 'MEMORY USAGE',
+           'PTTL ms', 'expected ms', 'idle PTTL', 'gone after';
+    for my $m (@memory) {
+        printf "  %-15s %6d %12s %10s %13s %9s %15s %9s %10s\n",
+               $m->{algorithm}, $m->{keys}, "+$m->{used_memory}",
+               $m->{bytes_per_key}, $m->{memory_usage}, $m->{pttl_ms},
+               $m->{ttl_expected}, $m->{idle_pttl_ms},
+               $m->{idle_gone_ms} =~ /^\d+$/ ? "$m->{idle_gone_ms} ms"
+                                             : $m->{idle_gone_ms};
+    }
+    print <<'NOTE';
+
+  bytes/key     growth of used_memory / keys created: the key, its hash and
+                its expiry, with Redis' own overhead (MEMORY USAGE: one key)
+  PTTL ms       TTL of the first key right after the run: a token bucket key
+                lives until its bucket is full again (window / limit per
+                token used), a sliding window key until the end of the next
+                window (1 to 2 windows)
+  idle PTTL, gone after: a key hit once under "10 per 1s", then left idle:
+                its TTL, and when Redis no longer had it
+
+NOTE
+}
+
+# --- targets --------------------------------------------------------------
+
+my @targets = (
+    [ 'scenario 3 throughput >= 0.60x plain (aim 0.75x)',
+      $x{allowed}, sub { $_[0] >= 0.6 }, '%.2fx',
+      defined $x{allowed} && $x{allowed} >= 0.6 && $x{allowed} < 0.75
+          ? 'met, but below the 0.75x aim' : '' ],
+    [ 'scenario 4 throughput >= 0.90x plain',
+      $x{hot_key}, sub { $_[0] >= 0.9 }, '%.2fx', deny_cache_note() ],
+    [ 'scenario 5 throughput >= 0.90x plain',
+      $x{shard_down}, sub { $_[0] >= 0.9 }, '%.2fx', shard_down_note() ],
+    [ 'added latency, one connection, p50 < 100 us (scenario 3)',
+      $add50{allowed}, sub { $_[0] < 100 }, '%+.0f us', '' ],
+    [ 'added latency, one connection, p99 < 1 ms (scenario 3)',
+      $add99{allowed}, sub { $_[0] < 1000 }, '%+.0f us', '' ],
+    [ 'Redis commands per check ~ 1 (scenario 3)',
+      $cmds{allowed}, sub { abs($_[0] - 1) <= 0.02 }, '%.3f', '' ],
+    [ 'Redis writes (round trips) per check <= 1 (scenario 3)',
+      $writes{allowed}, sub { $_[0] <= 1 }, '%.3f', '' ],
+);
+
+# Scenario 5 still checks the live shard's keys in Redis: a mix of plain
+# requests and scenario 3 requests in that proportion predicts its ratio.
+sub shard_down_note {
+    my @r = map { $by{shard_down}{load}{$_} // () } @rounds;
+    my $f = median(map { ratio($_->{checks}, $_->{requests}) } @r);
+    return '' unless defined $f && $x{allowed};
+    my $mix = 1 / ((1 - $f) + $f / $x{allowed});
+    return sprintf '%.0f%% of requests still checked on the live shard: '
+                 . 'that mix of 1 and %.2fx predicts %.2fx',
+                   100 * $f, $x{allowed}, $mix;
+}
+
+sub deny_cache_note {
+    my @r = map { $by{hot_key}{load}{$_} // () } @rounds;
+    my $cached = median(map { ratio($_->{denied_cached}, $_->{requests}) }
+                        @r);
+    return '' unless defined $cached;
+    return $cached > 0
+        ? sprintf('deny cache: %.0f%% of answers denied from shared memory',
+                  100 * $cached)
+        : 'no denied_cached: every denial still asks Redis';
+}
+
+print "Targets\n\n";
+my $missed = 0;
+for my $t (@targets) {
+    my ($what, $v, $ok, $fmt, $note) = @$t;
+    my $verdict = !defined $v ? 'n/a ' : $ok->($v) ? 'met ' : 'MISS';
+    $missed++ if $verdict eq 'MISS';
+    printf "  [%s] %-58s %9s\n", $verdict, $what, fmt($fmt, $v);
+    print "         $note\n" if $note;
+}
+printf "\n  %d of %d targets met\n", @targets - $missed, scalar @targets;
+
+# sanity: what should have been allowed was
+my @warn;
+for my $s (qw(plain limit_req allowed shard_down)) {
+    my $n = 0;
+    $n += $_->{non2xx} for map { $by{$s}{$_} ? values %{ $by{$s}{$_} } : () }
+                           qw(load c1);
+    push @warn, "$s answered $n non-2xx (nothing should be denied there)"
+        if $n;
+}
+for my $r (@rows) {
+    push @warn, "$r->{scenario} round $r->{round} $r->{mode}: "
+              . "$r->{sock_errors} socket errors" if $r->{sock_errors};
+}
+print "\nWarnings\n\n", map { "  $_\n" } @warn if @warn;
+
+# --- plot data ------------------------------------------------------------
+
+open my $fh, '>', "$dir/plot.dat" or die "$dir/plot.dat: $!\n";
+print $fh "# n label rps rps_min rps_max x_plain p50_ms p99_ms p999_ms\n";
+for my $p (@plot) {
+    printf $fh "%d \"%s\" %.1f %.1f %.1f %s %.3f %.3f %.3f\n", @$p;
+}
+close $fh;
+
+open $fh, '>', "$dir/plot.vars" or die "$dir/plot.vars: $!\n";
+(my $cpu = $meta{cpu}) =~ s/["\\]//g;
+print $fh "subtitle = \"$meta{nproc} cores, $cpu, $meta{kernel}; "
+        . "median of $nrounds round" . ($nrounds == 1 ? "" : "s") . ", $meta{duration} s each at $conns; "
+        . "empty_gif in every scenario\"\n";
+close $fh;
+
+
+sub read_meta {
+    my ($file) = @_;
+    open my $fh, '<', $file or die "$file: $!\n";
+    my %m;
+    while (<$fh>) {
+        chomp;
+        $m{$1} = $2 if /^(\w+)=(.*)$/;
+    }
+    return %m;
+}
+
+sub read_tsv {
+    my ($file) = @_;
+    open my $fh, '<', $file or die "$file: $!\n";
+    chomp(my $head = <$fh> // '');
+    my @cols = split /\t/, $head;
+    my @out;
+    while (<$fh>) {
+        chomp;
+        my %row;
+        @row{@cols} = split /\t/;
+        push @out, \%row;
+    }
+    return @out;
+}
