@@ -275,6 +275,7 @@ ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
 static ngx_int_t
 ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
 {
+    int                tcp_nodelay;
     ngx_int_t          rc;
     const char        *argv[2];
     size_t             argvlen[2];
@@ -302,6 +303,25 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
     }
 
     c = conn->peer.connection;
+
+    /*
+     * Small pipelined writes must not wait for the ACK of the previous one:
+     * Nagle would hold a check back for a round trip.
+     */
+
+    tcp_nodelay = 1;
+
+    if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY,
+                   (const void *) &tcp_nodelay, sizeof(int))
+        == -1)
+    {
+        ngx_log_error(NGX_LOG_WARN, conn->log, ngx_socket_errno,
+                      "ratelimit: setsockopt(TCP_NODELAY) to shard %V failed",
+                      &conn->shard->name);
+
+    } else {
+        c->tcp_nodelay = NGX_TCP_NODELAY_SET;
+    }
 
     c->data = conn;
     c->read->handler = ngx_http_ratelimit_redis_read_handler;
