@@ -540,16 +540,8 @@ ngx_http_ratelimit_admin_write(ngx_http_ratelimit_admin_ctx_t *ctx)
         }
     }
 
-    argv[0] = "EVAL";
-    argvlen[0] = 4;
-    argv[1] = NGX_HTTP_RATELIMIT_LUA_RULES_PUT;
-    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_PUT) - 1;
-    argv[2] = "2";
-    argvlen[2] = 1;
-    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
-    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
-    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_PUT,
+                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_PUT) - 1);
     argv[5] = (const char *) ctx->rule.customer_id;
     argvlen[5] = ctx->rule.customer_id_len;
     argv[6] = (const char *) ctx->stamp.data;
@@ -715,16 +707,8 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
 
     ctx->phase = NGX_HTTP_RATELIMIT_ADMIN_RESTORE;
 
-    argv[0] = "EVAL";
-    argvlen[0] = 4;
-    argv[1] = NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE;
-    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE) - 1;
-    argv[2] = "2";
-    argvlen[2] = 1;
-    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
-    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
-    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE,
+                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE) - 1);
     argv[5] = (const char *) ctx->rule.customer_id;
     argvlen[5] = ctx->rule.customer_id_len;
     argv[6] = (const char *) ctx->stamp.data;

@@ -25,6 +25,9 @@
 
 static ngx_http_ratelimit_entry_t *ngx_http_ratelimit_cache_find(
     ngx_http_ratelimit_cache_t *cache, uint32_t hash, u_char *key, size_t len);
+static ngx_http_ratelimit_entry_t *ngx_http_ratelimit_cache_upsert(
+    ngx_http_ratelimit_zone_t *zone, ngx_http_ratelimit_cache_t *cache,
+    u_char *key, size_t len);
 static ngx_http_ratelimit_entry_t *ngx_http_ratelimit_cache_alloc(
     ngx_http_ratelimit_zone_t *zone, ngx_http_ratelimit_cache_t *cache,
     size_t len);
@@ -134,44 +137,20 @@ ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
     u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule,
     ngx_uint_t epoch)
 {
-    uint32_t                     hash;
-    ngx_http_ratelimit_cache_t  *cache;
     ngx_http_ratelimit_entry_t  *e;
 
     if (epoch != zone->sh->epoch) {
         return;
     }
 
-    cache = &zone->sh->rule_cache;
-    hash = ngx_crc32_short(customer, len);
-
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    e = ngx_http_ratelimit_cache_find(cache, hash, customer, len);
-
+    e = ngx_http_ratelimit_cache_upsert(zone, &zone->sh->rule_cache,
+                                        customer, len);
     if (e) {
-        ngx_queue_remove(&e->queue);
-
-    } else {
-        e = ngx_http_ratelimit_cache_alloc(zone, cache, len);
-
-        if (e == NULL) {
-            ngx_shmtx_unlock(&zone->shpool->mutex);
-            return;
-        }
-
-        e->node.key = hash;
-        e->len = (u_short) len;
-        ngx_memcpy(e->data, customer, len);
-
-        ngx_rbtree_insert(&cache->rbtree, &e->node);
-        cache->entries++;
+        e->epoch = epoch;
+        e->rule = *rule;
     }
-
-    ngx_queue_insert_head(&cache->lru, &e->queue);
-
-    e->epoch = epoch;
-    e->rule = *rule;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
@@ -232,7 +211,6 @@ ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,
     u_char *key, size_t len, ngx_msec_t retry_ms, ngx_msec_t reset_ms,
     ngx_uint_t epoch)
 {
-    uint32_t                     hash;
     ngx_http_ratelimit_cache_t  *cache;
     ngx_http_ratelimit_entry_t  *e;
 
@@ -241,13 +219,37 @@ ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,
     }
 
     cache = &zone->sh->deny_cache;
-    hash = ngx_crc32_short(key, len);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     /* entries whose time has passed go first: they are worth nothing */
 
     (void) ngx_http_ratelimit_cache_evict(zone->shpool, cache, 2, 1, epoch);
+
+    e = ngx_http_ratelimit_cache_upsert(zone, cache, key, len);
+    if (e) {
+        e->epoch = epoch;
+        e->until = ngx_current_msec + retry_ms;
+        e->reset_until = ngx_current_msec + reset_ms;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
+ * The entry for the key, found or made, at the hot end of the queue; NULL
+ * when the zone has no room even after evictions.  Called locked.
+ */
+
+static ngx_http_ratelimit_entry_t *
+ngx_http_ratelimit_cache_upsert(ngx_http_ratelimit_zone_t *zone,
+    ngx_http_ratelimit_cache_t *cache, u_char *key, size_t len)
+{
+    uint32_t                     hash;
+    ngx_http_ratelimit_entry_t  *e;
+
+    hash = ngx_crc32_short(key, len);
 
     e = ngx_http_ratelimit_cache_find(cache, hash, key, len);
 
@@ -258,8 +260,7 @@ ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,
         e = ngx_http_ratelimit_cache_alloc(zone, cache, len);
 
         if (e == NULL) {
-            ngx_shmtx_unlock(&zone->shpool->mutex);
-            return;
+            return NULL;
         }
 
         e->node.key = hash;
@@ -272,11 +273,7 @@ ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,
 
     ngx_queue_insert_head(&cache->lru, &e->queue);
 
-    e->epoch = epoch;
-    e->until = ngx_current_msec + retry_ms;
-    e->reset_until = ngx_current_msec + reset_ms;
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    return e;
 }
 
 

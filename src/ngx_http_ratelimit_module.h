@@ -229,6 +229,8 @@ void ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_health_t *h,
 ngx_int_t ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf);
 void ngx_http_ratelimit_rules_exit_process(ngx_cycle_t *cycle);
+void ngx_http_ratelimit_rules_eval(const char **argv, size_t *argvlen,
+    const char *body, size_t len);
 ngx_int_t ngx_http_ratelimit_rules_shard(ngx_http_ratelimit_ring_t *ring,
     u_char *customer, size_t len);
 ngx_int_t ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,

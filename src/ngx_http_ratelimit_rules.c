@@ -61,6 +61,28 @@ static ngx_connection_t             ngx_http_ratelimit_poller_conn;
 
 
 /*
+ * The first five arguments of every rules script:
+ * EVAL <body> 2 rl:rules rl:rules:version
+ */
+
+void
+ngx_http_ratelimit_rules_eval(const char **argv, size_t *argvlen,
+    const char *body, size_t len)
+{
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = body;
+    argvlen[1] = len;
+    argv[2] = "2";
+    argvlen[2] = 1;
+    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
+    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
+    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
+    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+}
+
+
+/*
  * Parses a stored rule.  NGX_OK: *rule is the customer's; NGX_DECLINED: the
  * customer has no rule (a tombstone); NGX_ERROR: garbled.
  */
@@ -363,16 +385,8 @@ ngx_http_ratelimit_poll_done(ngx_http_ratelimit_poller_t *poller)
         return;
     }
 
-    argv[0] = "EVAL";
-    argvlen[0] = 4;
-    argv[1] = NGX_HTTP_RATELIMIT_LUA_RULES_DUMP;
-    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_DUMP) - 1;
-    argv[2] = "2";
-    argvlen[2] = 1;
-    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
-    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
-    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_DUMP,
+                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_DUMP) - 1);
 
     poller->started = ngx_current_msec;
     poller->dump_slot = ngx_http_ratelimit_redis_send(
@@ -429,16 +443,8 @@ ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
 
     p = ngx_sprintf(vbuf, "%L", version);
 
-    argv[0] = "EVAL";
-    argvlen[0] = 4;
-    argv[1] = NGX_HTTP_RATELIMIT_LUA_RULES_LOAD;
-    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LOAD) - 1;
-    argv[2] = "2";
-    argvlen[2] = 1;
-    argv[3] = NGX_HTTP_RATELIMIT_RULES_KEY;
-    argvlen[3] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[4] = NGX_HTTP_RATELIMIT_RULES_VERSION;
-    argvlen[4] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_LOAD,
+                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LOAD) - 1);
     argv[5] = (const char *) vbuf;
     argvlen[5] = p - vbuf;
 

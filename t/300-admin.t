@@ -134,6 +134,30 @@ subtest 'an upgrade lets a blocked customer through, here at once and there with
     cmp_ok $took, '<', 1, sprintf 'within 1 s (%.2f s)', $took;
 };
 
+sub script_calls {
+    my $calls = 0;
+    for my $r (@redis) {
+        my $stats = $r->cli('INFO', 'commandstats');
+        $calls += $1 while $stats =~ /cmdstat_eval(?:sha)?:calls=(\d+)/g;
+    }
+    return $calls;
+}
+
+subtest 'a key known to be over its limit is denied without asking Redis' => sub {
+    my $id = unique_key('hot');
+    is_deeply hits($a, $id, 4), [200, 200, 200, 429], 'over the limit';
+    my $before = decode_json($a->get('/stats')->{content});
+    my $calls = script_calls();
+    my @st = map { $a->get('/api/x', 'X-User-Id' => $id) } 1 .. 20;
+    is_deeply [map { $_->{status} } @st], [(429) x 20], '20 more denials';
+    like $st[-1]{headers}{'retry-after'}, qr/^[1-9]\d*$/, 'each with Retry-After';
+    is $st[-1]{headers}{ratelimit}, '"default";r=0;t=3600', 'and the headers';
+    my $after = decode_json($a->get('/stats')->{content});
+    is $after->{denied_cached} - $before->{denied_cached}, 20,
+        'all 20 denied from the zone';
+    is script_calls() - $calls, 0, 'no script ran in Redis for them';
+};
+
 subtest 'a downgrade mid-window is judged against the new limit' => sub {
     my $id = unique_key('shrink');
     is_deeply hits($a, $id, 2), [200, 200], 'two of three used';
