@@ -3,6 +3,7 @@
 use strict;
 use warnings;
 
+use File::Temp ();
 use JSON::PP;
 use Test::More;
 use Time::HiRes qw(time sleep);
@@ -319,6 +320,38 @@ subtest 'a full rule cache evicts the least recently used, never fails' => sub {
         . "$stats->{rule_cache}{entries} entries)";
     unlike $small->error_log, qr/exited on signal|\[alert\]|\[emerg\]/, 'no crash';
     $small->stop;
+};
+
+subtest 'the token: required, long enough, inline or from a file' => sub {
+    my $conf = sub {
+        my ($admin) = @_;
+        return ratelimit_http(shards => [map { $_->port } @redis], body =>
+            "    server {\n        listen 127.0.0.1:%PORT%;\n"
+            . "        location /admin/limits { $admin }\n    }\n");
+    };
+    my ($rc, $out) = RLTest::Nginx->check_config(http => $conf->('ratelimit_admin;'));
+    isnt $rc, 0, 'no token: nginx -t fails';
+    like $out, qr/"ratelimit_admin" requires "ratelimit_admin_token"/, 'and says so';
+    ($rc, $out) = RLTest::Nginx->check_config(
+        http => $conf->('ratelimit_admin; ratelimit_admin_token short;'));
+    like $out, qr/admin token is too short/, 'a short token is refused';
+    ($rc, $out) = RLTest::Nginx->check_config(
+        http => $conf->('ratelimit_admin; ratelimit_admin_token file=/nonexistent/token;'));
+    like $out, qr{"/nonexistent/token" failed}, 'a missing token file is named';
+
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    open my $fh, '>', "$dir/token" or die $!;
+    print $fh "from-a-file-0123456789\n";
+    close $fh;
+    my $n = RLTest::Nginx->start(workers => 1, http => $conf->(
+        "ratelimit_admin; ratelimit_admin_token file=$dir/token;"));
+    my $r = $n->request('GET', '/admin/limits/nobody',
+                        Authorization => 'Bearer from-a-file-0123456789');
+    is $r->{status}, 404, 'the token from the file lets in (newline ignored)';
+    $r = $n->request('GET', '/admin/limits/nobody',
+                     Authorization => "Bearer $token");
+    is $r->{status}, 401, 'another token does not';
+    $n->stop;
 };
 
 unlike $a->error_log . $b->error_log, qr/exited on signal|\[alert\]|\[emerg\]/,

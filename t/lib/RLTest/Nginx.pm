@@ -55,6 +55,22 @@ sub start {
     return $self;
 }
 
+# Runs `nginx -t` on such a configuration; returns (exit code, output).
+sub check_config {
+    my ($class, %opt) = @_;
+    my $self = bless {
+        port    => RLTest::Redis::free_port(),
+        workers => 1,
+        http    => $opt{http},
+        main    => '',
+    }, $class;
+    $self->{dir} = tempdir('rltest-nginx-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    mkdir "$self->{dir}/$_" for qw(conf logs html);
+    $self->write_conf;
+    my $out = $self->run_nginx('-t');
+    return ($? >> 8, $out);
+}
+
 sub write_conf {
     my ($self, $http) = @_;
     $self->{http} = $http if defined $http;
