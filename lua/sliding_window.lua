@@ -2,25 +2,35 @@
 -- KEYS[1] = counter key; ARGV[1] = limit per window; ARGV[2] = window_ms.
 -- Returns {allowed, remaining, retry_after_ms, reset_ms}.
 --
--- State is the hash {win, cur, prev, w}: the index of the current fixed
--- window, the requests counted in it and in the window before, and the
--- window length they were counted with.  The previous window's count is
--- assumed spread evenly over it, so the share still inside the sliding
--- window shrinks linearly: estimate = prev * (W - e) / W + cur.
+-- State is one string, struct.pack('<dddd', win, cur, prev, w): the index
+-- of the current fixed window, the requests counted in it and in the
+-- window before, and the window length they were counted with.  The
+-- previous window's count is assumed spread evenly over it, so the share
+-- still inside the sliding window shrinks linearly:
+-- estimate = prev * (W - e) / W + cur.  All tests below are that times W,
+-- on whole numbers: exact in doubles while the products stay below 2^53.
+--
+-- This runs for every request and Redis CPU is what the limiter costs.  A
+-- call into C (math.floor, tonumber, type, string.*) costs as much as ten
+-- lines of arithmetic in the Lua VM, so the allowed path makes only the
+-- ones it cannot do without: 3 Redis calls (TIME, GET, SET), the pattern
+-- checks of the two arguments and struct.unpack/pack; a TTL is only
+-- printed when a window starts (SET ... KEEPTTL otherwise).  Hence
+-- x - x % 1 for floor(x) (exact for x >= 0), and numeric strings that are
+-- already checked converted by arithmetic.
 
--- Strictly digits: "1e3", "-1", "2.5" or "" are caller bugs, and guessing
--- what they meant could silently give a wrong decision.
-local function arg_int(s, lo, hi)
-    if type(s) ~= 'string' or not string.match(s, '^%d+$') then return nil end
-    local n = tonumber(s)
-    if n < lo or n > hi then return nil end
-    return n
+-- Strictly digits: "1e3", "-1", "2.5", " 5" or "" are caller bugs, and
+-- guessing what they meant could silently give a wrong decision.
+local s = ARGV[1]
+local L = s and string.find(s, '^%d+$') and s + 0
+if not L or L < 1 or L > 1000000000 then
+    return redis.error_reply('ERR ratelimit: bad limit')
 end
-
-local L = arg_int(ARGV[1], 1, 1000000000)
-if not L then return redis.error_reply('ERR ratelimit: bad limit') end
-local W = arg_int(ARGV[2], 1000, 86400000)
-if not W then return redis.error_reply('ERR ratelimit: bad window') end
+s = ARGV[2]
+local W = s and string.find(s, '^%d+$') and s + 0
+if not W or W < 1000 or W > 86400000 then
+    return redis.error_reply('ERR ratelimit: bad window')
+end
 if #KEYS ~= 1 then return redis.error_reply('ERR ratelimit: need one key') end
 local key = KEYS[1]
 
@@ -28,24 +38,49 @@ local key = KEYS[1]
 -- caller that waits retry_after real ms reads a clock at least that much
 -- further on.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local idx = math.floor(now / W)
+local us = t[2] + 0
+local now = t[1] * 1000 + (us - us % 1000) / 1000
+-- floor(now / W); the quotient may round up to the next whole number in
+-- the last ms of a long window, which the product tells exactly.
+local idx = now / W
+idx = idx - idx % 1
+if idx * W > now then idx = idx - 1 end
 
--- Counts can never exceed the largest limit, since only allowed requests
--- are counted; anything else is garbage.
-local function count(s)
-    local n = tonumber(s)
-    if n and n >= 0 and n <= 1000000000 and n == math.floor(n) then
-        return n
-    end
+local win, cur, prev, w
+local packed = false
+local v = redis.pcall('GET', key)       -- false if there is no key
+if v and #v == 32 then
+    win, cur, prev, w = struct.unpack('<dddd', v)
+    packed = true
+elseif type(v) == 'table' then
+    -- Not a string: a hash left by the version of this script that kept
+    -- these four as fields carries on; any other type raises Redis's own
+    -- WRONGTYPE error here.
+    local f = redis.call('HMGET', key, 'win', 'cur', 'prev', 'w')
+    win, cur, prev, w = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]),
+                        tonumber(f[4])
 end
 
--- A field we cannot trust, or counts made with another window length
--- (their index means nothing now), void the whole state: fresh key.
-local f = redis.call('HMGET', key, 'win', 'cur', 'prev', 'w')
-local win, cur, prev = tonumber(f[1]), count(f[2]), count(f[3])
-if not (win and cur and prev and tonumber(f[4]) == W
-        and win >= 0 and win <= idx + 1 and win == math.floor(win)) then
+-- Counts can never exceed the largest limit, since only allowed requests
+-- are counted.  Anything we cannot trust, or counts made with another
+-- window length (their index means nothing now), void the whole state:
+-- fresh key.  A stored window more than one ahead is no plausible clock
+-- step: garbage too.
+local keep = false
+if w == W and win and cur and prev
+        and win >= 0 and win <= idx + 1 and win % 1 == 0
+        and cur >= 0 and cur <= 1000000000 and cur % 1 == 0
+        and prev >= 0 and prev <= 1000000000 and prev % 1 == 0 then
+    if win >= idx then
+        -- No rollover: whoever wrote this state in this window set the
+        -- TTL to the end of the next one, which is what it still is.
+        keep = packed
+    elseif win == idx - 1 then
+        prev, cur = cur, 0
+    else
+        prev, cur = 0, 0
+    end
+else
     win, cur, prev = idx, 0, 0
 end
 
@@ -56,55 +91,38 @@ local at = now
 if win > idx then
     idx = win
     at = idx * W
-elseif win == idx - 1 then
-    prev, cur = cur, 0
-elseif win < idx - 1 then
-    prev, cur = 0, 0
 end
 local start = idx * W
 local e = at - start
+local LW = L * W
 
--- The one test every decision and every promised time goes through; it is
--- monotone in e, so the earliest passing ms can be found exactly.
-local function ok(p, c, ms)
-    return p * (W - ms) / W + c + 1 <= L
-end
+-- A request at ms `ms` of a window holding (p, c) passes iff
+-- p * (W - ms) + (c + 1) * W <= LW: monotone in ms.
+local weight = prev * (W - e)
 
--- Earliest whole ms in [lo, W-1] of a window holding (p, c) at which a
--- request passes, or nil.  The closed form solves p*(W-ms)/W <= L-1-c and
--- can be a ulp off either way; the guard steps fix that.  They are bounded
--- so that no inconsistency could ever spin inside Redis; falling back to
--- W-1 (known to pass) stays honest.
-local function first_ok(p, c, lo)
-    if lo > W - 1 or not ok(p, c, W - 1) then return nil end
-    local ms = lo
-    if p > 0 then
-        ms = math.ceil(W - (L - 1 - c) * W / p)
-        if ms < lo then ms = lo end
-        if ms > W - 1 then ms = W - 1 end
-    end
-    for _ = 1, 3 do
-        if not ok(p, c, ms) then ms = ms + 1 end
-    end
-    if not ok(p, c, ms) then return W - 1 end
-    for _ = 1, 3 do
-        if ms > lo and ok(p, c, ms - 1) then ms = ms - 1 end
-    end
-    return ms
-end
-
-local est = prev * (W - e) / W + cur
-
-if ok(prev, cur, e) then
+if weight + (cur + 1) * W <= LW then
     cur = cur + 1
-    redis.call('HSET', key, 'win', string.format('%d', idx),
-               'cur', string.format('%d', cur),
-               'prev', string.format('%d', prev), 'w', string.format('%d', W))
+    local value = struct.pack('<dddd', idx, cur, prev, W)
     -- This window's count weighs until the end of the next one; after that
     -- the key is identical to an absent one.
     local reset = start + 2 * W - now
-    redis.call('PEXPIRE', key, reset)
-    local remaining = math.floor(L - est - 1)
+    if keep then
+        redis.call('SET', key, value, 'KEEPTTL')
+    else
+        redis.call('SET', key, value, 'PX', string.format('%d', reset))
+    end
+    -- remaining = floor(L - estimate - 1): the number of further requests
+    -- that would pass right now, the k-th iff weight + (cur + k) * W <= LW.
+    -- The closed form is checked against that very test: one step either
+    -- way makes it exact even where the products round (past 2^53, by far
+    -- less than the W a request adds).
+    local remaining = (LW - weight) / W
+    remaining = remaining - remaining % 1 - cur
+    if remaining > 0 and weight + (cur + remaining) * W > LW then
+        remaining = remaining - 1
+    elseif weight + (cur + remaining + 1) * W <= LW then
+        remaining = remaining + 1
+    end
     if remaining < 0 then remaining = 0 end
     return {1, remaining, 0, reset}
 end
@@ -114,6 +132,35 @@ end
 -- prev and nothing is counted yet), else at the start of the one after,
 -- where the estimate is 0.  A later call rolls the stored windows over the
 -- same way, so it computes exactly what we promise here.
+
+local function ok(p, c, ms)
+    return p * (W - ms) + (c + 1) * W <= LW
+end
+
+-- Earliest whole ms in [lo, W-1] of a window holding (p, c) at which a
+-- request passes, or nil.  The closed form solves p * (W - ms) <= R and is
+-- exact up to the rounding of one quotient; the bounded steps make it
+-- exactly the first passing ms whatever the rounding, and the fallback
+-- W - 1 is known to pass.
+local function first_ok(p, c, lo)
+    if lo > W - 1 or not ok(p, c, W - 1) then return nil end
+    local ms = lo
+    if p > 0 then
+        local q = (LW - (c + 1) * W) / p        -- >= 0: ok at W - 1
+        ms = W - (q - q % 1)
+        if ms < lo then ms = lo end
+        if ms > W - 1 then ms = W - 1 end
+    end
+    for _ = 1, 3 do
+        if not ok(p, c, ms) then ms = ms + 1 end
+    end
+    if ms > W - 1 or not ok(p, c, ms) then return W - 1 end
+    for _ = 1, 3 do
+        if ms > lo and ok(p, c, ms - 1) then ms = ms - 1 end
+    end
+    return ms
+end
+
 local pass
 local ms = first_ok(prev, cur, e + 1)
 if ms then
@@ -124,6 +171,6 @@ else
 end
 local reset
 if cur > 0 then reset = start + 2 * W - now else reset = start + W - now end
-local remaining = math.floor(L - est)
-if remaining < 0 then remaining = 0 end
-return {0, remaining, pass - now, reset}
+-- remaining = max(0, floor(L - estimate)), which is 0: denied means
+-- L - estimate < 1.
+return {0, 0, pass - now, reset}

@@ -3,25 +3,34 @@
 -- (time to refill an empty bucket).  Returns
 -- {allowed, remaining, retry_after_ms, reset_ms}.
 --
--- State is the hash {used, ts}: `used` = tokens taken and not yet refilled
--- as of ms timestamp `ts`, so tokens = limit - used.  Storing the usage
--- rather than the token count makes a limit change behave like the sliding
--- window does: a raised limit grants its extra capacity at once, a lowered
--- one clamps the usage (tokens never go below 0).
+-- State is one string, struct.pack('<ddd', ts, u, w): the usage u as of ms
+-- timestamp ts, counted in 1/w of a token, w being the window_ms it was
+-- written with.  In that unit the refill is exactly L per ms, so all the
+-- arithmetic below is on whole numbers: exact in doubles while
+-- limit * window_ms < 2^53.  Storing the usage rather than the token count
+-- makes a limit change behave like the sliding window does: a raised limit
+-- grants its extra capacity at once, a lowered one clamps the usage.
+--
+-- This runs for every request and Redis CPU is what the limiter costs.  A
+-- call into C (math.floor, tonumber, type, string.*) costs as much as ten
+-- lines of arithmetic in the Lua VM, so the allowed path makes only the
+-- ones it cannot do without: 3 Redis calls (TIME, GET, SET), the pattern
+-- checks of the two arguments, struct.unpack/pack and one string.format.
+-- Hence x - x % 1 for floor(x) (exact for x >= 0), and numeric strings
+-- that are already checked converted by arithmetic.
 
--- Strictly digits: "1e3", "-1", "2.5" or "" are caller bugs, and guessing
--- what they meant could silently give a wrong decision.
-local function arg_int(s, lo, hi)
-    if type(s) ~= 'string' or not string.match(s, '^%d+$') then return nil end
-    local n = tonumber(s)
-    if n < lo or n > hi then return nil end
-    return n
+-- Strictly digits: "1e3", "-1", "2.5", " 5" or "" are caller bugs, and
+-- guessing what they meant could silently give a wrong decision.
+local s = ARGV[1]
+local L = s and string.find(s, '^%d+$') and s + 0
+if not L or L < 1 or L > 1000000000 then
+    return redis.error_reply('ERR ratelimit: bad limit')
 end
-
-local L = arg_int(ARGV[1], 1, 1000000000)
-if not L then return redis.error_reply('ERR ratelimit: bad limit') end
-local W = arg_int(ARGV[2], 1000, 86400000)
-if not W then return redis.error_reply('ERR ratelimit: bad window') end
+s = ARGV[2]
+local W = s and string.find(s, '^%d+$') and s + 0
+if not W or W < 1000 or W > 86400000 then
+    return redis.error_reply('ERR ratelimit: bad window')
+end
 if #KEYS ~= 1 then return redis.error_reply('ERR ratelimit: need one key') end
 local key = KEYS[1]
 
@@ -29,73 +38,99 @@ local key = KEYS[1]
 -- caller that waits retry_after real ms reads a clock at least that much
 -- further on.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local us = t[2] + 0
+local now = t[1] * 1000 + (us - us % 1000) / 1000
 
--- A hash field we cannot trust (missing, not a number, NaN/inf, out of
--- range) makes the whole state void: the key is then treated as fresh.
-local f = redis.call('HMGET', key, 'used', 'ts')
-local used, ts = tonumber(f[1]), tonumber(f[2])
--- A ts more than a window ahead is no plausible clock step: garbage.
-if not (used and ts and used >= 0 and used <= 1000000000
-        and ts >= 0 and ts <= now + W and ts == math.floor(ts)) then
-    used, ts = 0, now
-end
--- Judge the old usage against the current limit.
-if used > L then used = L end
-
--- Usage left from u after e ms of refill.  A whole window refills any
--- bucket, which also caps the refill arithmetic.  Every decision and every
--- time we promise goes through this one monotone function, so what we
--- promise is exactly what a later call will compute.
-local function drain(u, e)
-    if e >= W then return 0 end
-    u = u - e * L / W
-    if u < 0 then return 0 end
-    return u
-end
-
--- Smallest whole e >= 0 with drain(u, e) <= target (target >= 0, so e = W
--- always qualifies).  The closed form can be a ulp off either way; the
--- guard steps fix that.  They are bounded so that no inconsistency could
--- ever spin inside Redis; falling back to W stays honest.
-local function first_ms(u, target)
-    if u <= target then return 0 end
-    local e = math.ceil((u - target) * W / L)
-    if e < 1 then e = 1 end
-    if e > W then e = W end
-    for _ = 1, 3 do
-        if drain(u, e) > target then e = e + 1 end
+local LW = L * W                -- the capacity, in 1/W of a token
+local ts, u, w
+local v = redis.pcall('GET', key)       -- false if there is no key
+if v and #v == 24 then
+    ts, u, w = struct.unpack('<ddd', v)
+elseif type(v) == 'table' then
+    -- Not a string: a hash {used, ts} left by the version of this script
+    -- that kept `used` in tokens carries on (rounded up to a whole unit);
+    -- any other type raises Redis's own WRONGTYPE error here.
+    local f = redis.call('HMGET', key, 'used', 'ts')
+    local used = tonumber(f[1])
+    ts = tonumber(f[2])
+    if used and ts then
+        u, w = used * W, W
+        if u % 1 > 0 then u = u - u % 1 + 1 end
+    else
+        ts = nil
     end
-    if drain(u, e) > target then return W end
-    for _ = 1, 3 do
-        if e > 1 and drain(u, e - 1) <= target then e = e - 1 end
-    end
-    return e
 end
 
--- A clock that stepped back (failover) gives no refill rather than a
--- negative one.
-local elapsed = now - ts
-if elapsed < 0 then elapsed = 0 end
-local u = drain(used, elapsed)
+-- A state we cannot trust (wrong length, NaN/inf, negative, a fraction,
+-- out of range, a ts more than a window ahead) is a fresh key.
+if ts and ts >= 0 and ts <= now + W and ts % 1 == 0
+        and u >= 0 and u <= 86400000000000000 and u % 1 == 0
+        and w >= 1000 and w <= 86400000 and w % 1 == 0 then
+    -- Counted with another window: the same tokens in the new unit,
+    -- rounded up.
+    if w ~= W then
+        u = u * W / w
+        if u % 1 > 0 then u = u - u % 1 + 1 end
+    end
+    -- Judge the old usage against the current limit.
+    if u > LW then u = LW end
+else
+    ts, u = now, 0
+end
 
-if u + 1 <= L then
-    u = u + 1
-    local reset = first_ms(u, 0)
-    redis.call('HSET', key, 'used', string.format('%.17g', u),
-               'ts', string.format('%d', now))
+-- The usage left now.  A clock that stepped back (failover) gives no
+-- refill rather than a negative one; a whole window refills any bucket.
+-- A later call must compute exactly what we promise below, so the tests
+-- there repeat these very expressions.
+local e = now - ts
+local d = 0
+if e < W then
+    if e < 0 then e = 0 end
+    d = u - e * L
+    if d < 0 then d = 0 end
+end
+
+if d + W <= LW then
+    d = d + W
+    -- Full again (d - x * L <= 0) after x ms: ceil(d / L).  The quotient
+    -- can round down across a whole number (never up), hence the one step
+    -- up.
+    local reset = d / L
+    if reset % 1 > 0 then reset = reset - reset % 1 + 1 end
+    if d - reset * L > 0 then reset = reset + 1 end
+    if reset > W then reset = W end
     -- Once refilled the key is identical to an absent one: let it go then.
-    redis.call('PEXPIRE', key, reset)
-    local remaining = math.floor(L - u)
-    if remaining < 0 then remaining = 0 end
+    redis.call('SET', key, struct.pack('<ddd', now, d, W),
+               'PX', string.format('%d', reset))
+    -- remaining = floor(L - d / W), the quotient checked the other way.
+    local left = LW - d
+    local remaining = left / W
+    remaining = remaining - remaining % 1
+    if remaining * W > left then remaining = remaining - 1 end
     return {1, remaining, 0, reset}
 end
 
 -- Denied: nothing is written, so the stored state (and its TTL) stays as
 -- the last allowed request left it, and the times below are measured from
--- its ts exactly as the next call will measure them.
-local retry = ts + first_ms(used, L - 1) - now
+-- its ts exactly as the next call will measure them.  A call x ms after ts
+-- passes iff x >= W or u - x * L + W <= LW; that is monotone in x, and x
+-- fails now.  The closed form is exact up to the rounding of one quotient;
+-- the bounded steps make it exactly the first passing ms even where
+-- limit * window_ms passes 2^53, and the fallback W always passes.
+local x = (u + W - LW) / L
+if x % 1 > 0 then x = x - x % 1 + 1 end
+for _ = 1, 3 do
+    if x < W and u - x * L + W > LW then x = x + 1 end
+end
+if x > W then x = W end
+if x < W and u - x * L + W > LW then x = W end
+if x > 1 and u - (x - 1) * L + W <= LW then x = x - 1 end
+local retry = ts + x - now
 if retry < 1 then retry = 1 end
-local reset = ts + first_ms(used, 0) - now
+-- Full again after y ms, the same way (u > 0 here).
+local y = u / L
+if y % 1 > 0 then y = y - y % 1 + 1 end
+if y < W and u - y * L > 0 then y = y + 1 end
+if y > W then y = W end
 -- Denied means less than one whole token left: remaining is 0.
-return {0, 0, retry, reset}
+return {0, 0, retry, ts + y - now}

@@ -66,7 +66,28 @@ sub sleep_until {
     while ((my $d = $t - now_ms()) > 0) { sleep_ms($d) }
 }
 
-sub state_of { my %h = $r->hgetall($_[0]); return \%h }
+# The stored state, decoded: tb is struct.pack('<ddd', ts, u, w), sw is
+# struct.pack('<dddd', win, cur, prev, w) (lua/README.md).  undef for a
+# value of any other length.
+my %layout = (tb => [qw(ts u w)], sw => [qw(win cur prev w)]);
+sub state_of {
+    my ($key) = @_;
+    my ($alg) = $key =~ /^(tb|sw):/ or die "no algorithm in $key";
+    my $v = $r->get($key);
+    my @f = @{ $layout{$alg} };
+    return undef unless defined $v && length($v) == 8 * @f;
+    my %h;
+    @h{@f} = unpack("d<" . @f, $v);
+    return \%h;
+}
+
+# Writes a state in the stored layout, keeping the key's TTL.
+sub put_state {
+    my ($key, $st) = @_;
+    my ($alg) = $key =~ /^(tb|sw):/ or die "no algorithm in $key";
+    my @f = @{ $layout{$alg} };
+    $r->set($key, pack("d<" . @f, @$st{@f}), 'KEEPTTL');
+}
 
 # Fires $n calls, returns how many were allowed.
 sub burst {
@@ -78,18 +99,20 @@ sub burst {
 
 # The token bucket maths, for exact checks: the absolute ms at which a
 # denied caller with stored state $st passes (and at which it is full).
+# The usage u is in 1/W of a token and drains by L per ms: a call e ms
+# after ts passes once u - e * L <= (L - 1) * W; it is full at u - e * L
+# <= 0.  Computed here in 64-bit integers, independently of the script's
+# doubles.
 sub tb_times {
     my ($st, $L, $W) = @_;
-    my $used = $st->{used} > $L ? $L : $st->{used};
-    my $drain = sub { my $e = shift; return 0 if $e >= $W; my $u = $used - $e * $L / $W; $u < 0 ? 0 : $u };
+    use integer;
+    my $u = $st->{u} > $L * $W ? $L * $W : $st->{u};
     my $first = sub {
-        my $target = shift;
-        my $e = ceil(($used - $target) * $W / $L);
-        $e++ while $drain->($e) > $target;
-        $e-- while $e > 1 && $drain->($e - 1) <= $target;
-        return $st->{ts} + $e;
+        my $over = $u - shift;              # what has to drain, >= 0
+        my $e = $over <= 0 ? 0 : ($over + $L - 1) / $L;
+        return $st->{ts} + ($e > $W ? $W : $e);
     };
-    return ($first->($L - 1), $first->(0));
+    return ($first->(($L - 1) * $W), $first->(0));
 }
 
 my $started = time;
@@ -110,9 +133,13 @@ my $started = time;
         # reset is the time to refill what is used: ~400 ms per token.
         ok $res[3] <= 400 * $i && $res[3] > 400 * $i - 400, "tb: reset $res[3] ms fits $i used tokens";
     }
+    is $r->type($key), 'string', 'tb: state is one string';
+    is length($r->get($key)), 24, 'tb: of 24 bytes';
     my $st = state_of($key);
-    is_deeply [sort keys %$st], [qw(ts used)], 'tb: state is one hash {used, ts}';
+    is $st->{w}, 2000, 'tb: w is the window it was counted with';
     like $st->{ts}, qr/^\d+$/, 'tb: ts is written as a whole number';
+    like $st->{u}, qr/^\d+$/, 'tb: and so is the usage (in 1/W of a token)';
+    ok $st->{u} > 4 * 2000 && $st->{u} <= 5 * 2000, "tb: u = $st->{u}: 5 tokens taken, some refilled";
     ok $st->{ts} >= $t0 && $st->{ts} <= $t1, 'tb: ts comes from the server clock';
 
     my ($d0, $d1, $allowed, $remaining, $retry, $reset) = timed_call('tb', $key, 5, 2000);
@@ -182,7 +209,8 @@ my $started = time;
 }
 
 # The stored usage is exact: each allowed call leaves precisely
-# drain(used, ts' - ts) + 1, no digits lost (7 per 3 s: endless fractions).
+# drain(u, ts' - ts) + one token, nothing rounded (7 per 3 s: a token is
+# no whole number of ms, so the usage in tokens has endless fractions).
 {
     my $key = 'tb:exact';
     call('tb', $key, 7, 3000);
@@ -192,11 +220,10 @@ my $started = time;
         sleep_ms(7);
         call('tb', $key, 7, 3000);
         my $new = state_of($key);
-        my $want = $st->{used} - ($new->{ts} - $st->{ts}) * 7 / 3000 + 1;
-        $exact++ if sprintf('%.17g', $new->{used}) eq sprintf('%.17g', $want)
-                    && $new->{used} != int $new->{used};
+        my $want = $st->{u} - ($new->{ts} - $st->{ts}) * 7 + 3000;
+        $exact++ if $new->{u} == $want && $new->{u} % 3000 != 0;
     }
-    is $exact, 4, 'tb: stored usage carries all 17 significant digits';
+    is $exact, 4, 'tb: stored usage is exact to the 1/W token';
 }
 
 # TTL: the key lives until the bucket would be full again, then vanishes.
@@ -231,6 +258,25 @@ my $started = time;
     is_deeply [@after[0, 1]], [1, 0], 'tb: at retry_after allowed, remaining 0';
 }
 
+# Window change: the tokens taken carry over (converted to the new unit,
+# rounded up), refilled at the new rate.  (Long windows: the bucket must
+# stay empty until the checks are done.)
+{
+    my $key = 'tb:window';
+    is burst('tb', $key, 5, 20000, 5), 5, 'tb: 5 of 5 taken at 5 per 20 s';
+    my $st = state_of($key);
+    for my $w (40000, 10000) {
+        my %conv = (%$st, u => ceil($st->{u} * $w / 20000), w => $w);
+        my ($pass, $full) = tb_times(\%conv, 5, $w);
+        my ($d0, $d1, @res) = timed_call('tb', $key, 5, $w);
+        is $res[0], 0, "tb: window now $w ms: still 5 tokens taken, denied";
+        ok $res[2] >= $pass - $d1 && $res[2] <= $pass - $d0,
+            "tb: retry_after $res[2] is one token at 5 per $w ms";
+        ok $res[3] >= $full - $d1 && $res[3] <= $full - $d0,
+            "tb: reset $res[3] is all 5 at 5 per $w ms";
+    }
+}
+
 ########################################################################
 # Sliding window counter (W = 1000 ms unless said)
 ########################################################################
@@ -258,9 +304,11 @@ my $started = time;
             "sw: reset $res[3] is the end of the next window";
         ok $r->pttl($key) <= $res[3], 'sw: PTTL <= reset';
     }
+    is $r->type($key), 'string', 'sw: state is one string';
+    is length($r->get($key)), 32, 'sw: of 32 bytes';
     my $st = state_of($key);
     is_deeply $st, { win => $b0 / $W, cur => 5, prev => 0, w => $W },
-        'sw: state is one hash {win, cur, prev, w}';
+        'sw: holding {win, cur, prev, w}';
     ($t0, $t1, @res) = timed_call('sw', $key, 5, $W);
     is_deeply [@res[0, 1]], [0, 0], 'sw: 6th request denied, 0 remaining';
     # In B1 the 5 weigh 5*(W-e)/W; 4 + 1 <= 5 first at e = 200.
@@ -309,6 +357,9 @@ my $started = time;
     sleep_ms($early[2]);
     ($t0, $t1, @res) = timed_call('sw', $wk, 10, $W);
     is $res[0], 1, 'sw: allowed at retry_after';
+    my $pttl1 = $r->pttl($wk);
+    ok $pttl1 > $W && $pttl1 <= $b1 + 2 * $W - $t0,
+        "sw: the first count in B1 moved the TTL to the end of B2 (PTTL $pttl1)";
     is_deeply state_of($wk), { win => $b1 / $W, cur => 1, prev => 10, w => $W },
         'sw: B0 count rolled into prev';
 
@@ -349,23 +400,103 @@ my $started = time;
 # Both
 ########################################################################
 
-# Garbled state is a fresh key; a garbled key is rewritten cleanly.
-for my $case (['tb', 'used', 'banana'], ['tb', 'used', 'nan'],
-              ['tb', 'ts', 'inf'], ['tb', 'used', '-3'],
-              ['tb', 'ts', '99999999999999999'],
-              ['sw', 'cur', 'x'], ['sw', 'win', '1e300'], ['sw', 'prev', '-1'],
-              ['sw', 'cur', '2.5'], ['sw', 'w', '999']) {
+# Garbled state is a fresh key; a garbled key is rewritten cleanly.  Each
+# case starts from a full bucket / window (3 of 3), so a garbled state that
+# were taken at face value would mostly be denied.
+my $inf = 9**9**9;
+my $nan = $inf - $inf;
+for my $case (['tb', 'banana'], ['tb', 'x' x 24], ['tb', 'x' x 25],
+              ['tb', u => $nan], ['tb', ts => $inf], ['tb', u => -3000],
+              ['tb', u => 1e17], ['tb', u => 100000.5],
+              ['tb', ts => 99999999999999999], ['tb', ts => sub { $_[0] + 0.5 }],
+              ['tb', w => 999], ['tb', w => $nan], ['tb', w => 1000.5],
+              ['sw', 'x'], ['sw', 'x' x 32], ['sw', win => 1e300],
+              ['sw', win => sub { $_[0] + 2 }], ['sw', win => -1],
+              ['sw', prev => -1], ['sw', cur => 2.5], ['sw', cur => $nan],
+              ['sw', cur => 2e9], ['sw', w => 999], ['sw', w => 30000]) {
     my ($alg, $field, $value) = @$case;
     my $key = "$alg:garbled";
     $r->del($key);
     burst($alg, $key, 3, 60000, 3);
-    $r->hset($key, $field, $value);
+    my $what;
+    if (defined $value) {
+        my $st = state_of($key);
+        $st->{$field} = ref $value ? $value->($st->{$field}) : $value;
+        $what = "$field = $st->{$field}";
+        put_state($key, $st);
+    } else {
+        $r->set($key, $field, 'KEEPTTL');
+        $what = "the value '$field'";
+    }
     my @res = call($alg, $key, 3, 60000);
-    is_deeply [@res[0, 1]], [1, 2], "$alg: $field = '$value' is read as a fresh key";
+    is_deeply [@res[0, 1]], [1, 2], "$alg: $what is read as a fresh key";
     my $st = state_of($key);
-    ok !grep({ !/^[0-9.e+-]+$/ } values %$st), "$alg: and the key is rewritten cleanly";
-    $r->hdel($key, $alg eq 'tb' ? 'ts' : 'win');
-    is((call($alg, $key, 3, 60000))[1], 2, "$alg: missing field: fresh key");
+    ok $st && !grep({ !($_ >= 0 && $_ < 1e17 && $_ == int $_) } values %$st)
+              && $st->{w} == 60000,
+        "$alg: and the key is rewritten cleanly";
+    ok $r->pttl($key) > 0, "$alg: with a TTL";
+    my $v = $r->get($key);
+    $r->set($key, substr($v, 0, length($v) - 8), 'KEEPTTL');
+    is((call($alg, $key, 3, 60000))[1], 2, "$alg: truncated value: fresh key");
+}
+
+# A hash left by the previous version of the scripts (fields of the old
+# layout) carries on: judged as before, replaced by the string at the next
+# allowed request; a garbled one is a fresh key.  Any other type is Redis's
+# WRONGTYPE error, and the key is left alone.  (The old hashes here have no
+# TTL, so the one found afterwards must have been set by the new scripts.)
+{
+    my $now = now_ms();
+    $r->del('tb:old');
+    $r->hset('tb:old', used => 3, ts => $now);
+    my ($d0, $d1, @res) = timed_call('tb', 'tb:old', 3, 60000);
+    is $res[0], 0, 'tb: an old hash {used, ts} with the bucket empty: denied';
+    ok $res[2] >= $now + 20000 - $d1 && $res[2] <= $now + 20000 - $d0,
+        "tb: retry_after $res[2] is one token at 3 per minute from its ts";
+    is $r->type('tb:old'), 'hash', 'tb: the denial wrote nothing';
+    $r->hset('tb:old', used => 1.5);
+    @res = call('tb', 'tb:old', 3, 60000);
+    is_deeply [@res[0, 1]], [1, 0], 'tb: used = 1.5 of 3 carries on: allowed, 0 remaining';
+    is $r->type('tb:old'), 'string', 'tb: and the hash is replaced';
+    my $st = state_of('tb:old');
+    ok $st->{u} > 2.4 * 60000 && $st->{u} <= 2.5 * 60000, "tb: by 2.5 tokens ($st->{u})";
+    my $pttl = $r->pttl('tb:old');
+    ok $pttl > 0 && $pttl <= $res[3], "tb: with the TTL of its reset ($pttl)";
+
+    $r->del('sw:old');
+    my $idx = floor(now_ms() / 60000);
+    $r->hset('sw:old', win => $idx, cur => 3, prev => 0, w => 60000);
+    @res = call('sw', 'sw:old', 3, 60000);
+    is $res[0], 0, 'sw: an old hash {win, cur, prev, w} with 3 of 3: denied';
+    is $r->type('sw:old'), 'hash', 'sw: the denial wrote nothing';
+    $r->hset('sw:old', cur => 1);
+    my ($t0, $t1);
+    ($t0, $t1, @res) = timed_call('sw', 'sw:old', 3, 60000);
+    is_deeply [@res[0, 1]], [1, 1], 'sw: cur = 1 of 3 carries on: allowed, 1 remaining';
+    if (floor($t1 / 60000) == $idx) {
+        is_deeply state_of('sw:old'), { win => $idx, cur => 2, prev => 0, w => 60000 },
+            'sw: and the hash is replaced';
+    } else {
+        pass 'sw: (crossed a window edge, state not compared)';
+    }
+    $pttl = $r->pttl('sw:old');
+    ok $pttl > 0 && $pttl <= $res[3], "sw: with the TTL of the end of the next window ($pttl)";
+
+    for my $alg (qw(tb sw)) {
+        my $key = "$alg:oldbad";
+        $r->del($key);
+        $r->hset($key, ($alg eq 'tb' ? 'used' : 'cur'), 'banana');
+        my @res = call($alg, $key, 3, 60000);
+        is_deeply [@res[0, 1]], [1, 2], "$alg: a garbled old hash is a fresh key";
+        is $r->type($key), 'string', "$alg: and is replaced";
+
+        $key = "$alg:list";
+        $r->del($key);
+        $r->rpush($key, 'x');
+        eval { call($alg, $key, 3, 60000) };
+        like $@, qr/WRONGTYPE/, "$alg: a list under the key is Redis's WRONGTYPE error";
+        is $r->type($key), 'list', "$alg: and is left alone";
+    }
 }
 
 # Bad arguments: a Redis error, and nothing written.
