@@ -661,7 +661,6 @@ ngx_http_ratelimit_admin_done(ngx_http_ratelimit_admin_ctx_t *ctx)
     }
 
     if (ctx->phase == NGX_HTTP_RATELIMIT_ADMIN_RESTORE) {
-        ngx_str_set(&body, "");
         ngx_http_ratelimit_admin_finish(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                         NULL);
         return;
