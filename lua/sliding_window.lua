@@ -1,6 +1,8 @@
 -- Sliding window counter rate limiter (contract and maths: lua/README.md).
 -- KEYS[1] = counter key; ARGV[1] = limit per window; ARGV[2] = window_ms.
--- Returns {allowed, remaining, retry_after_ms, reset_ms}.
+-- ARGV[3] = deadline (optional).  Returns {allowed, remaining,
+-- retry_after_ms, reset_ms, now_ms}; allowed is -1 when the deadline had
+-- passed (nothing counted).
 --
 -- State is one string, struct.pack('<dddd', win, cur, prev, w): the index
 -- of the current fixed window, the requests counted in it and in the
@@ -31,6 +33,17 @@ local W = s and string.find(s, '^%d+$') and s + 0
 if not W or W < 1000 or W > 86400000 then
     return redis.error_reply('ERR ratelimit: bad window')
 end
+-- ARGV[3], optional: the deadline of the check, in ms of this server's
+-- clock (0: none).  The edge node stops waiting then and takes its fail
+-- path; a check that runs later (a stalled server wakes up, a long queue)
+-- must count nothing, or it spends quota for a request that was never
+-- checked.
+s = ARGV[3]
+local D = 0
+if s then
+    D = string.find(s, '^%d+$') and s + 0
+    if not D then return redis.error_reply('ERR ratelimit: bad deadline') end
+end
 if #KEYS ~= 1 then return redis.error_reply('ERR ratelimit: need one key') end
 local key = KEYS[1]
 
@@ -40,6 +53,8 @@ local key = KEYS[1]
 local t = redis.call('TIME')
 local us = t[2] + 0
 local now = t[1] * 1000 + (us - us % 1000) / 1000
+-- Every answer ends with now: the edge node learns this server's clock.
+if D > 0 and now > D then return {-1, 0, 0, 0, now} end
 -- floor(now / W); the quotient may round up to the next whole number in
 -- the last ms of a long window, which the product tells exactly.
 local idx = now / W
@@ -124,7 +139,7 @@ if weight + (cur + 1) * W <= LW then
         remaining = remaining + 1
     end
     if remaining < 0 then remaining = 0 end
-    return {1, remaining, 0, reset}
+    return {1, remaining, 0, reset, now}
 end
 
 -- Denied: nothing is written.  The earliest pass is later in this window
@@ -173,4 +188,4 @@ local reset
 if cur > 0 then reset = start + 2 * W - now else reset = start + W - now end
 -- remaining = max(0, floor(L - estimate)), which is 0: denied means
 -- L - estimate < 1.
-return {0, 0, pass - now, reset}
+return {0, 0, pass - now, reset, now}

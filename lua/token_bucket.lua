@@ -1,7 +1,8 @@
 -- Token bucket rate limiter (contract and maths: lua/README.md).
 -- KEYS[1] = bucket key; ARGV[1] = limit (capacity); ARGV[2] = window_ms
 -- (time to refill an empty bucket).  Returns
--- {allowed, remaining, retry_after_ms, reset_ms}.
+-- {allowed, remaining, retry_after_ms, reset_ms, now_ms}; allowed is -1
+-- when the deadline ARGV[3] had passed (nothing counted).
 --
 -- State is one string, struct.pack('<ddd', ts, u, w): the usage u as of ms
 -- timestamp ts, counted in 1/w of a token, w being the window_ms it was
@@ -31,6 +32,17 @@ local W = s and string.find(s, '^%d+$') and s + 0
 if not W or W < 1000 or W > 86400000 then
     return redis.error_reply('ERR ratelimit: bad window')
 end
+-- ARGV[3], optional: the deadline of the check, in ms of this server's
+-- clock (0: none).  The edge node stops waiting then and takes its fail
+-- path; a check that runs later (a stalled server wakes up, a long queue)
+-- must count nothing, or it spends quota for a request that was never
+-- checked.
+s = ARGV[3]
+local D = 0
+if s then
+    D = string.find(s, '^%d+$') and s + 0
+    if not D then return redis.error_reply('ERR ratelimit: bad deadline') end
+end
 if #KEYS ~= 1 then return redis.error_reply('ERR ratelimit: need one key') end
 local key = KEYS[1]
 
@@ -40,6 +52,8 @@ local key = KEYS[1]
 local t = redis.call('TIME')
 local us = t[2] + 0
 local now = t[1] * 1000 + (us - us % 1000) / 1000
+-- Every answer ends with now: the edge node learns this server's clock.
+if D > 0 and now > D then return {-1, 0, 0, 0, now} end
 
 local LW = L * W                -- the capacity, in 1/W of a token
 local ts, u, w
@@ -107,7 +121,7 @@ if d + W <= LW then
     local remaining = left / W
     remaining = remaining - remaining % 1
     if remaining * W > left then remaining = remaining - 1 end
-    return {1, remaining, 0, reset}
+    return {1, remaining, 0, reset, now}
 end
 
 -- Denied: nothing is written, so the stored state (and its TTL) stays as
@@ -133,4 +147,4 @@ if y % 1 > 0 then y = y - y % 1 + 1 end
 if y < W and u - y * L > 0 then y = y + 1 end
 if y > W then y = W end
 -- Denied means less than one whole token left: remaining is 0.
-return {0, 0, retry, ts + y - now}
+return {0, 0, retry, ts + y - now, now}

@@ -286,6 +286,30 @@ ngx_http_ratelimit_cache_invalidate(ngx_http_ratelimit_zone_t *zone)
 }
 
 
+/*
+ * Called locked, when the zone must make room for something that matters
+ * more than cached entries (a new ring): frees a batch of the least
+ * recently used entries of both caches.  Returns how many went.
+ */
+
+ngx_uint_t
+ngx_http_ratelimit_cache_shrink_locked(ngx_http_ratelimit_zone_t *zone)
+{
+    ngx_uint_t  freed;
+
+    freed = ngx_http_ratelimit_cache_evict(zone->shpool, &zone->sh->deny_cache,
+                                           NGX_HTTP_RATELIMIT_EVICT_BATCH * 8,
+                                           0, 0);
+
+    freed += ngx_http_ratelimit_cache_evict(zone->shpool,
+                                            &zone->sh->rule_cache,
+                                            NGX_HTTP_RATELIMIT_EVICT_BATCH * 8,
+                                            0, 0);
+
+    return freed;
+}
+
+
 static ngx_http_ratelimit_entry_t *
 ngx_http_ratelimit_cache_find(ngx_http_ratelimit_cache_t *cache,
     uint32_t hash, u_char *key, size_t len)

@@ -1,6 +1,11 @@
 
 /*
- * Global API rate limiter: the access-phase check.
+ * Global API rate limiter: the check of each request.
+ *
+ * The handler runs once the access phase has let the request in (it is the
+ * first handler of the precontent phase): what allow/deny, auth_basic or
+ * auth_request refuse costs no Redis call and no quota, under "satisfy all"
+ * and "satisfy any" alike, and a key set by auth_request_set is known.
  *
  * The handler picks the caller's key and the customer whose rule applies.
  * The rule comes from the zone's rule cache, or, the first time, from Redis
@@ -28,12 +33,21 @@ typedef struct {
     ngx_event_t                        timer;
 
     ngx_str_t                          caller;     /* the limiting value */
+    ngx_str_t                         *key_name;   /* which value it is */
     ngx_str_t                          customer;   /* whose rule applies */
     ngx_http_ratelimit_rule_t          rule;       /* the limit in force */
     ngx_uint_t                         epoch;      /* of the zone's caches */
 
     size_t                             key_len;
     u_char                             key[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY];
+
+    /* the Redis key and what decides, for the deny cache and the trail */
+    size_t                             limit_id_len;
+    u_char                             limit_id[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY
+                                                + 2 * NGX_INT64_LEN];
+
+    ngx_uint_t                         shard;
+    int64_t                            deadline;   /* shard's clock, ms */
 
     ngx_int_t                          rc;
 
@@ -49,8 +63,21 @@ typedef struct {
 } ngx_http_ratelimit_script_t;
 
 
-static ngx_http_ratelimit_ctx_t *ngx_http_ratelimit_redirected_ctx(
-    ngx_http_request_t *r);
+/*
+ * The limits a request has been checked against, kept in its pool: an
+ * internal redirect wipes module contexts, and must neither count a request
+ * twice under the same limit nor skip a limit it has not been checked
+ * against.
+ */
+typedef struct {
+    ngx_array_t                        limits;     /* ngx_str_t limit ids */
+} ngx_http_ratelimit_trail_t;
+
+
+static ngx_http_ratelimit_trail_t *ngx_http_ratelimit_trail(
+    ngx_http_request_t *r, ngx_uint_t create);
+static void ngx_http_ratelimit_trail_cleanup(void *data);
+static ngx_uint_t ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_caller(ngx_http_request_t *r,
     ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx);
@@ -58,6 +85,12 @@ static void ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
     redisReply *reply);
 static ngx_int_t ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx);
+static u_char *ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data,
+    size_t len, size_t *escaped);
+static void ngx_http_ratelimit_learn_clock(ngx_uint_t shard, int64_t now_ms);
+static int64_t ngx_http_ratelimit_local_ms(void);
+static int64_t ngx_http_ratelimit_clock_offset(ngx_uint_t shard);
+static ngx_msec_t ngx_http_ratelimit_timeout_of(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_reply(void *data, redisReply *reply);
@@ -94,6 +127,14 @@ static ngx_str_t  ngx_http_ratelimit_no_shard = ngx_string("no shard");
 /* request-time complaints: at most one line a second per worker */
 static ngx_msec_t  ngx_http_ratelimit_logged_at;
 
+/*
+ * Per worker, per shard: the shard's clock minus ours, in ms, learnt from
+ * every reply, so that each check carries a deadline the script can honour
+ * in the shard's own clock.
+ */
+static int64_t    *ngx_http_ratelimit_clock_offsets;
+static ngx_uint_t  ngx_http_ratelimit_nclocks;
+
 
 ngx_int_t
 ngx_http_ratelimit_handler(ngx_http_request_t *r)
@@ -103,6 +144,12 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     ngx_http_ratelimit_ctx_t        *ctx;
     ngx_http_ratelimit_loc_conf_t   *rlcf;
     ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    /* as in the access phase: a subrequest is its main request's work */
+
+    if (r != r->main) {
+        return NGX_DECLINED;
+    }
 
     rlcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module);
 
@@ -116,24 +163,10 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
         return ctx->waiting ? NGX_AGAIN : ctx->rc;
     }
 
-    /* an internal redirect wipes module contexts: count a request once */
-
-    if (ngx_http_ratelimit_redirected_ctx(r)) {
-        return NGX_DECLINED;
-    }
-
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_ratelimit_ctx_t));
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln->handler = ngx_http_ratelimit_cleanup;
-    cln->data = ctx;
 
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
 
@@ -159,6 +192,16 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     default:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* the reply may come after the request is gone: it must find nobody */
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_ratelimit_cleanup;
+    cln->data = ctx;
 
     ctx->epoch = ctx->zone->sh->epoch;
 
@@ -222,18 +265,92 @@ ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx)
 }
 
 
-static ngx_http_ratelimit_ctx_t *
-ngx_http_ratelimit_redirected_ctx(ngx_http_request_t *r)
+static ngx_http_ratelimit_trail_t *
+ngx_http_ratelimit_trail(ngx_http_request_t *r, ngx_uint_t create)
 {
-    ngx_pool_cleanup_t  *cln;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_ratelimit_trail_t  *trail;
 
     for (cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ngx_http_ratelimit_cleanup) {
+        if (cln->handler == ngx_http_ratelimit_trail_cleanup) {
             return cln->data;
         }
     }
 
-    return NULL;
+    if (!create) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_ratelimit_trail_t));
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    trail = cln->data;
+
+    if (ngx_array_init(&trail->limits, r->pool, 2, sizeof(ngx_str_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_ratelimit_trail_cleanup;
+
+    return trail;
+}
+
+
+/* only a mark that finds the trail among the pool's cleanups */
+
+static void
+ngx_http_ratelimit_trail_cleanup(void *data)
+{
+}
+
+
+/*
+ * True when this request has already been checked against this very limit
+ * (the same Redis key, limit, window and algorithm) before an internal
+ * redirect; else the limit joins the trail.
+ */
+
+static ngx_uint_t
+ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_str_t                   *id;
+    ngx_uint_t                   i;
+    ngx_http_ratelimit_trail_t  *trail;
+
+    trail = ngx_http_ratelimit_trail(ctx->request, 1);
+    if (trail == NULL) {
+        return 0;
+    }
+
+    id = trail->limits.elts;
+
+    for (i = 0; i < trail->limits.nelts; i++) {
+        if (id[i].len == ctx->limit_id_len
+            && ngx_memcmp(id[i].data, ctx->limit_id, id[i].len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    id = ngx_array_push(&trail->limits);
+    if (id == NULL) {
+        return 0;
+    }
+
+    id->data = ngx_pnalloc(ctx->request->pool, ctx->limit_id_len);
+    if (id->data == NULL) {
+        trail->limits.nelts--;
+        return 0;
+    }
+
+    ngx_memcpy(id->data, ctx->limit_id, ctx->limit_id_len);
+    id->len = ctx->limit_id_len;
+
+    return 0;
 }
 
 
@@ -246,9 +363,11 @@ static ngx_int_t
 ngx_http_ratelimit_caller(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
 {
     ngx_uint_t                 i;
+    ngx_str_t                 *names;
     ngx_http_complex_value_t  *cv;
 
     cv = ctx->conf->keys->elts;
+    names = ctx->conf->key_names->elts;
 
     for (i = 0; i < ctx->conf->keys->nelts; i++) {
         if (ngx_http_complex_value(r, &cv[i], &ctx->caller) != NGX_OK) {
@@ -256,6 +375,7 @@ ngx_http_ratelimit_caller(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
         }
 
         if (ctx->caller.len) {
+            ctx->key_name = &names[i];
             break;
         }
     }
@@ -302,8 +422,14 @@ ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx)
         return ngx_http_ratelimit_failed(ctx, "every shard is down");
     }
 
+    ctx->shard = shard;
     ctx->health = &ctx->zone->ring->health[shard];
     ctx->conn = ngx_http_ratelimit_redis_conn(shard);
+
+    if (ctx->conn == NULL) {
+        return ngx_http_ratelimit_failed(ctx, "no connection to the shard");
+    }
+
     ctx->lookup = 1;
 
     argv[0] = "HGET";
@@ -329,6 +455,8 @@ static void
 ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
     redisReply *reply)
 {
+    u_char                     *escaped;
+    size_t                      len;
     ngx_int_t                   rc;
     ngx_http_ratelimit_rule_t   rule;
 
@@ -340,10 +468,14 @@ ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
         rc = ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
                                            &rule, NULL);
         if (rc == NGX_ERROR) {
+            escaped = ngx_http_ratelimit_escape(ctx->request,
+                                                ctx->customer.data,
+                                                ctx->customer.len, &len);
+
             ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                          "ratelimit: garbled rule of customer \"%V\" "
+                          "ratelimit: garbled rule of customer \"%*s\" "
                           "on shard %V, using the default",
-                          &ctx->customer,
+                          len, escaped,
                           ngx_http_ratelimit_redis_name(ctx->conn));
             ngx_memzero(&rule, sizeof(ngx_http_ratelimit_rule_t));
         }
@@ -382,14 +514,19 @@ ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
 static ngx_int_t
 ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
 {
-    ngx_uint_t         shard;
     ngx_msec_t         retry, reset;
     rl_check_result_t  result;
 
     ngx_http_ratelimit_key(ctx);
 
-    if (ngx_http_ratelimit_deny_cache_get(ctx->zone, ctx->key, ctx->key_len,
-                                          &retry, &reset)
+    if (ngx_http_ratelimit_trail_seen(ctx)) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                       "ratelimit: checked against this limit already");
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_ratelimit_deny_cache_get(ctx->zone, ctx->limit_id,
+                                          ctx->limit_id_len, &retry, &reset)
         == NGX_OK)
     {
         ngx_http_ratelimit_count(denied_cached, 1);
@@ -402,11 +539,15 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
         return ngx_http_ratelimit_decide(ctx, &result, 0);
     }
 
-    shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, ctx->key,
-                                           ctx->key_len);
+    ctx->shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, ctx->key,
+                                                ctx->key_len);
 
-    ctx->health = &ctx->zone->ring->health[shard];
-    ctx->conn = ngx_http_ratelimit_redis_conn(shard);
+    ctx->health = &ctx->zone->ring->health[ctx->shard];
+    ctx->conn = ngx_http_ratelimit_redis_conn(ctx->shard);
+
+    if (ctx->conn == NULL) {
+        return ngx_http_ratelimit_failed(ctx, "no connection to the shard");
+    }
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                    "ratelimit: key \"%*s\" on shard %V",
@@ -419,6 +560,10 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
         return ngx_http_ratelimit_failed(ctx, "shard is down");
     }
 
+    ctx->deadline = ngx_http_ratelimit_local_ms()
+                    + ngx_http_ratelimit_clock_offset(ctx->shard)
+                    + (int64_t) ngx_http_ratelimit_timeout_of(ctx);
+
     if (ngx_http_ratelimit_send(ctx) != NGX_OK) {
         return ngx_http_ratelimit_failed(ctx, "shard is unreachable");
     }
@@ -428,8 +573,14 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
 
 
 /*
- * The Redis key: "rl:<algorithm>:k:<caller>", or, for a caller too long to
- * keep as it is, "rl:<algorithm>:h:<SHA-1 of the caller in hex>".
+ * The Redis key: "rl:<algorithm>:<name>:k:<caller>", or, for a caller too
+ * long to keep as it is, "rl:<algorithm>:<name>:h:<SHA-1 of the caller in
+ * hex>".  <name> says which of the "ratelimit" values the caller is (the
+ * variable's name, as "http_x_user_id" or "remote_addr"): a user id that
+ * reads like an address never spends the quota of that address.
+ *
+ * The limit id adds what else decides (limit and window): a denial under
+ * one limit says nothing of the same key under another.
  */
 
 static void
@@ -441,6 +592,8 @@ ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx)
 
     p = ngx_cpymem(ctx->key,
                    ngx_http_ratelimit_prefixes[ctx->rule.algorithm], 6);
+    p = ngx_cpymem(p, ctx->key_name->data, ctx->key_name->len);
+    *p++ = ':';
 
     if (ctx->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
         *p++ = 'k';
@@ -458,6 +611,11 @@ ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx)
     }
 
     ctx->key_len = p - ctx->key;
+
+    p = ngx_cpymem(ctx->limit_id, ctx->key, ctx->key_len);
+    p = ngx_sprintf(p, "%Z%ui%Z%M", ctx->rule.limit, ctx->rule.window);
+
+    ctx->limit_id_len = p - ctx->limit_id;
 }
 
 
@@ -465,11 +623,12 @@ static ngx_int_t
 ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
 {
     u_char                       *p;
-    const char                   *argv[6];
-    size_t                        argvlen[6];
+    const char                   *argv[7];
+    size_t                        argvlen[7];
     ngx_http_ratelimit_script_t  *script;
     u_char                        limit[NGX_INT_T_LEN];
     u_char                        window[NGX_INT_T_LEN];
+    u_char                        deadline[NGX_INT64_LEN];
 
     script = ngx_http_ratelimit_script(ctx->rule.algorithm);
 
@@ -499,7 +658,11 @@ ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
     argv[5] = (const char *) window;
     argvlen[5] = p - window;
 
-    ctx->slot = ngx_http_ratelimit_redis_send(ctx->conn, 6, argv, argvlen,
+    p = ngx_sprintf(deadline, "%L", ctx->deadline > 0 ? ctx->deadline : 0);
+    argv[6] = (const char *) deadline;
+    argvlen[6] = p - deadline;
+
+    ctx->slot = ngx_http_ratelimit_redis_send(ctx->conn, 7, argv, argvlen,
                                               ngx_http_ratelimit_reply, ctx);
 
     if (ctx->slot && !ctx->eval) {
@@ -536,11 +699,26 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
 
     rc = rl_reply_decode_check(reply, &result, &why);
 
+    if ((rc == RL_REPLY_OK || rc == RL_REPLY_EXPIRED) && result.now_ms > 0) {
+        ngx_http_ratelimit_learn_clock(ctx->shard, result.now_ms);
+    }
+
     switch (rc) {
 
     case RL_REPLY_OK:
         ngx_http_ratelimit_resume(ctx,
                                   ngx_http_ratelimit_decide(ctx, &result, 1));
+        return;
+
+    case RL_REPLY_EXPIRED:
+
+        /*
+         * Our clock's idea of the shard's was off (it is learnt now): the
+         * check counted nothing, so it takes the fail path like a late one.
+         */
+
+        ngx_http_ratelimit_resume(ctx,
+                     ngx_http_ratelimit_failed(ctx, "check ran too late"));
         return;
 
     case RL_REPLY_NOSCRIPT:
@@ -583,30 +761,35 @@ ngx_http_ratelimit_timeout(ngx_event_t *ev)
 {
     ngx_http_ratelimit_ctx_t *ctx = ev->data;
 
-    ngx_int_t                        rc;
-    ngx_http_ratelimit_main_conf_t  *rmcf;
+    ngx_int_t                   rc;
+    ngx_uint_t                  stuck;
+    ngx_http_ratelimit_conn_t  *conn;
 
     if (ctx->slot) {
         ngx_http_ratelimit_redis_detach(ctx->slot);
         ctx->slot = NULL;
     }
 
-    rc = ngx_http_ratelimit_failed(ctx, "shard timed out");
-
     /*
-     * A shard that answers nothing at all hangs: drop the connection, so
-     * everything queued behind takes the fail path now, and mark the shard
-     * down.  One that still answers, only late, costs just the late checks.
+     * A shard that answers nothing at all hangs: its connection is dropped,
+     * so everything queued behind takes the fail path now, and the shard is
+     * marked down.  This request resumes first, though: it waited longest.
      */
 
-    rmcf = ngx_http_get_module_main_conf(ctx->request,
-                                         ngx_http_ratelimit_module);
+    conn = ctx->conn;
+    stuck = conn
+            && ngx_http_ratelimit_redis_stuck(conn,
+                                      ngx_http_ratelimit_timeout_of(ctx));
 
-    if (ngx_http_ratelimit_redis_stuck(ctx->conn, rmcf->timeout)) {
-        ngx_http_ratelimit_redis_fail(ctx->conn, "timed out");
-    }
+    rc = ngx_http_ratelimit_failed(ctx, "shard timed out");
+
+    /* the request may be gone after this */
 
     ngx_http_ratelimit_resume(ctx, rc);
+
+    if (stuck) {
+        ngx_http_ratelimit_redis_fail(conn, "timed out");
+    }
 }
 
 
@@ -638,7 +821,8 @@ static ngx_int_t
 ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
     rl_check_result_t *result, ngx_uint_t from_redis)
 {
-    u_char              *p;
+    u_char              *p, *escaped;
+    size_t               len;
     ngx_http_request_t  *r;
     u_char               buf[NGX_INT64_LEN];
 
@@ -658,7 +842,8 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
     /* until then Redis would say no as well: spare it the asking */
 
     if (from_redis) {
-        ngx_http_ratelimit_deny_cache_put(ctx->zone, ctx->key, ctx->key_len,
+        ngx_http_ratelimit_deny_cache_put(ctx->zone, ctx->limit_id,
+                                          ctx->limit_id_len,
                                           (ngx_msec_t) result->retry_after_ms,
                                           (ngx_msec_t) result->reset_ms,
                                           ctx->epoch);
@@ -670,10 +855,14 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "ratelimit: limiting requests of \"%*s\", "
-                  "retry after %L ms", ctx->key_len, ctx->key,
-                  result->retry_after_ms);
+    if (r->connection->log->log_level >= NGX_LOG_INFO) {
+        escaped = ngx_http_ratelimit_escape(r, ctx->key, ctx->key_len, &len);
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "ratelimit: limiting requests of \"%*s\", "
+                      "retry after %L ms", len, escaped,
+                      result->retry_after_ms);
+    }
 
     return ctx->conf->status;
 }
@@ -845,4 +1034,96 @@ ngx_http_ratelimit_script(ngx_uint_t algorithm)
     }
 
     return script;
+}
+
+
+/*
+ * Caller-supplied bytes for the error log: quotes, backslashes and control
+ * bytes (ESC, CR, LF) escaped, so a header cannot forge log lines or
+ * terminal sequences.  On no memory, a placeholder.
+ */
+
+static u_char *
+ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data, size_t len,
+    size_t *escaped)
+{
+    u_char  *p;
+    size_t   n;
+
+    n = len + ngx_escape_json(NULL, data, len);
+
+    p = ngx_pnalloc(r->pool, n);
+    if (p == NULL) {
+        *escaped = sizeof("?") - 1;
+        return (u_char *) "?";
+    }
+
+    (void) ngx_escape_json(p, data, len);
+    *escaped = n;
+
+    return p;
+}
+
+
+static int64_t
+ngx_http_ratelimit_local_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+static int64_t
+ngx_http_ratelimit_clock_offset(ngx_uint_t shard)
+{
+    if (shard >= ngx_http_ratelimit_nclocks) {
+        return 0;
+    }
+
+    return ngx_http_ratelimit_clock_offsets[shard];
+}
+
+
+static void
+ngx_http_ratelimit_learn_clock(ngx_uint_t shard, int64_t now_ms)
+{
+    ngx_uint_t  n;
+
+    if (shard >= ngx_http_ratelimit_nclocks) {
+
+        /* a worker's shards never change: one allocation for its life */
+
+        n = ngx_max(shard + 1, 8);
+
+        if (ngx_http_ratelimit_clock_offsets) {
+            ngx_free(ngx_http_ratelimit_clock_offsets);
+        }
+
+        ngx_http_ratelimit_clock_offsets = ngx_calloc(n * sizeof(int64_t),
+                                                      ngx_cycle->log);
+        if (ngx_http_ratelimit_clock_offsets == NULL) {
+            ngx_http_ratelimit_nclocks = 0;
+            return;
+        }
+
+        ngx_http_ratelimit_nclocks = n;
+    }
+
+    ngx_http_ratelimit_clock_offsets[shard] = now_ms
+                                              - ngx_http_ratelimit_local_ms();
+}
+
+
+static ngx_msec_t
+ngx_http_ratelimit_timeout_of(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_get_module_main_conf(ctx->request,
+                                         ngx_http_ratelimit_module);
+
+    return rmcf->timeout;
 }

@@ -18,6 +18,8 @@ static char *ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_ratelimit_key_name(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_str_t *name);
 static char *ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -258,6 +260,10 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_ratelimit_loc_conf_t *prev = parent;
     ngx_http_ratelimit_loc_conf_t *conf = child;
 
+    if (conf->keys == NGX_CONF_UNSET_PTR) {
+        conf->key_names = prev->key_names;
+    }
+
     ngx_conf_merge_ptr_value(conf->keys, prev->keys, NULL);
     ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
 
@@ -300,6 +306,7 @@ ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char                     *p;
     ssize_t                     size;
     ngx_str_t                  *value, name, s;
+    ngx_pool_cleanup_t         *cln;
     ngx_http_ratelimit_zone_t  *zone;
 
     if (rmcf->shm_zone) {
@@ -358,6 +365,16 @@ ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     rmcf->shm_zone->init = ngx_http_ratelimit_init_zone;
     rmcf->shm_zone->data = zone;
+
+    /* the cycle's reference to its ring goes with the cycle */
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_ratelimit_zone_cleanup;
+    cln->data = zone;
 
     return NGX_CONF_OK;
 }
@@ -491,7 +508,7 @@ ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_ratelimit_loc_conf_t *rlcf = conf;
 
-    ngx_str_t                         *value;
+    ngx_str_t                         *value, *name;
     ngx_uint_t                         i;
     ngx_http_complex_value_t          *cv;
     ngx_http_ratelimit_main_conf_t    *rmcf;
@@ -511,6 +528,12 @@ ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rlcf->keys = ngx_array_create(cf->pool, cf->args->nelts - 1,
                                   sizeof(ngx_http_complex_value_t));
     if (rlcf->keys == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rlcf->key_names = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                       sizeof(ngx_str_t));
+    if (rlcf->key_names == NULL) {
         return NGX_CONF_ERROR;
     }
 
@@ -536,12 +559,63 @@ ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
+
+        name = ngx_array_push(rlcf->key_names);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_http_ratelimit_key_name(cf, &value[i], name) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
     }
 
     rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
     rmcf->used = 1;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The name a "ratelimit" value gives its keys in Redis: "http_x_user_id"
+ * for $http_x_user_id; for anything but one plain variable, "x" and the
+ * CRC32 of the value as written.  Two locations with the same value share
+ * counts; two different values never do.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_key_name(ngx_conf_t *cf, ngx_str_t *value, ngx_str_t *name)
+{
+    u_char      c;
+    ngx_uint_t  i, plain;
+
+    plain = (value->len > 1 && value->len <= NGX_HTTP_RATELIMIT_MAX_KEY_NAME + 1
+             && value->data[0] == '$');
+
+    for (i = 1; plain && i < value->len; i++) {
+        c = value->data[i];
+
+        plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+                || (c >= '0' && c <= '9') || c == '_';
+    }
+
+    if (plain) {
+        name->data = value->data + 1;
+        name->len = value->len - 1;
+        return NGX_OK;
+    }
+
+    name->data = ngx_pnalloc(cf->pool, 1 + 8);
+    if (name->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    name->len = ngx_sprintf(name->data, "x%08xD",
+                            ngx_crc32_long(value->data, value->len))
+                - name->data;
+
+    return NGX_OK;
 }
 
 
@@ -881,7 +955,15 @@ ngx_http_ratelimit_init(ngx_conf_t *cf)
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    /*
+     * Not in the access phase: there a dynamic module's handler runs before
+     * allow/deny, auth_basic and auth_request, and under "satisfy any" the
+     * first of them to grant access skips every handler after it.  The
+     * precontent phase runs once access is settled, and its handlers run
+     * last pushed first: this one before try_files and mirror.
+     */
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
     if (h == NULL) {
         return NGX_ERROR;
     }
@@ -906,7 +988,13 @@ ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
     rmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_ratelimit_module);
 
-    if (rmcf == NULL || (!rmcf->used && !rmcf->needs_shards)) {
+    if (rmcf == NULL || rmcf->shm_zone == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_ratelimit_ring_hold(rmcf->shm_zone->data);
+
+    if (!rmcf->used && !rmcf->needs_shards) {
         return NGX_OK;
     }
 

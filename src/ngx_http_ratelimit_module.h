@@ -55,8 +55,18 @@
  */
 #define NGX_HTTP_RATELIMIT_MAX_RAW_KEY      128
 
-/* "rl:tb:k:" + a key of up to 126 bytes, or "rl:tb:h:" + 40 hex digits */
-#define NGX_HTTP_RATELIMIT_MAX_REDIS_KEY    (6 + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
+/*
+ * The name of a "ratelimit" value in the Redis key: the variable's name,
+ * or "x" and a CRC32 of anything else.
+ */
+#define NGX_HTTP_RATELIMIT_MAX_KEY_NAME     32
+
+/*
+ * "rl:tb:" + name + ":k:" + a key of up to 126 bytes, or
+ * "rl:tb:" + name + ":h:" + 40 hex digits
+ */
+#define NGX_HTTP_RATELIMIT_MAX_REDIS_KEY                                      \
+    (6 + NGX_HTTP_RATELIMIT_MAX_KEY_NAME + 1 + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
 
 
 /* one "ratelimit_redis" line */
@@ -77,14 +87,23 @@ typedef struct {
 } ngx_http_ratelimit_health_t;
 
 
-/* shared memory: the ketama ring of one configuration generation */
-typedef struct {
+/*
+ * shared memory: the ketama ring of one configuration generation, with its
+ * shards' health.  Each process that runs with the ring (the master for each
+ * cycle that uses it, every worker) holds a reference; the last one out
+ * frees it, so a worker of an older generation never reads a freed ring.
+ */
+typedef struct ngx_http_ratelimit_ring_s  ngx_http_ratelimit_ring_t;
+
+struct ngx_http_ratelimit_ring_s {
+    ngx_http_ratelimit_ring_t      *next;        /* the zone's live rings */
+    ngx_uint_t                      refs;        /* under the zone's mutex */
+    uint32_t                        fingerprint;  /* of names and weights */
     ngx_uint_t                      nshards;
     ngx_http_ratelimit_health_t    *health;
     ngx_uint_t                      npoints;
     rl_ketama_point_t              *points;
-    uint32_t                        fingerprint;  /* of names and weights */
-} ngx_http_ratelimit_ring_t;
+};
 
 
 typedef struct {
@@ -136,8 +155,7 @@ typedef struct {
 
 /* shared memory: the zone's root */
 typedef struct {
-    ngx_http_ratelimit_ring_t      *ring;
-    ngx_http_ratelimit_ring_t      *previous_ring;
+    ngx_http_ratelimit_ring_t      *rings;       /* every live generation */
     ngx_atomic_t                    epoch;       /* of the cached rules */
     ngx_atomic_t                    rules_version;   /* highest seen */
     ngx_atomic_t                    rules_polled_at;
@@ -152,6 +170,8 @@ typedef struct {
     ngx_slab_pool_t                *shpool;
     ngx_http_ratelimit_ring_t      *ring;       /* this configuration's */
     void                           *main_conf;
+    unsigned                        master_holds:1;  /* a ring reference */
+    unsigned                        worker_holds:1;
 } ngx_http_ratelimit_zone_t;
 
 
@@ -167,6 +187,7 @@ typedef struct {
 
 typedef struct {
     ngx_array_t                    *keys;       /* complex values, NULL: off */
+    ngx_array_t                    *key_names;  /* ngx_str_t, one per key */
     ngx_http_complex_value_t       *customer;   /* whose rule, NULL: key */
     ngx_uint_t                      limit;
     ngx_msec_t                      window;
@@ -214,6 +235,8 @@ ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);
 #define NGX_HTTP_RATELIMIT_SHARD_DOWN    2
 
 ngx_int_t ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+void ngx_http_ratelimit_zone_cleanup(void *data);
+void ngx_http_ratelimit_ring_hold(ngx_http_ratelimit_zone_t *zone);
 ngx_uint_t ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring,
     u_char *key, size_t len);
 ngx_uint_t ngx_http_ratelimit_shard_state(ngx_http_ratelimit_health_t *h);
@@ -253,6 +276,8 @@ void ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,
     u_char *key, size_t len, ngx_msec_t retry_ms, ngx_msec_t reset_ms,
     ngx_uint_t epoch);
 void ngx_http_ratelimit_cache_invalidate(ngx_http_ratelimit_zone_t *zone);
+ngx_uint_t ngx_http_ratelimit_cache_shrink_locked(
+    ngx_http_ratelimit_zone_t *zone);
 
 
 /* handlers */

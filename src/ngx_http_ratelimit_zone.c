@@ -17,11 +17,10 @@
 
 
 static ngx_http_ratelimit_ring_t *ngx_http_ratelimit_ring_create(
-    ngx_http_ratelimit_zone_t *zone, ngx_log_t *log);
+    ngx_http_ratelimit_zone_t *zone, uint32_t fingerprint, ngx_log_t *log);
 static uint32_t ngx_http_ratelimit_ring_fingerprint(
     ngx_http_ratelimit_main_conf_t *rmcf);
-static void ngx_http_ratelimit_ring_free(ngx_slab_pool_t *shpool,
-    ngx_http_ratelimit_ring_t *ring);
+static void ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone);
 
 
 ngx_int_t
@@ -79,42 +78,59 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     /*
-     * A reload with the same shards keeps the ring and its health state.
-     * Otherwise the old ring stays in place for the old workers that are
-     * still finishing their requests; the one before it is freed.
+     * A ring of the same shards, still in use by some generation, is shared
+     * with its health state.  Rings of other shard lists stay for the
+     * workers that still run with them, each freed by the last process that
+     * lets go of it (ngx_http_ratelimit_zone_cleanup), never here: a reload
+     * may yet fail, and old workers may hold requests for minutes.
      */
 
     fingerprint = ngx_http_ratelimit_ring_fingerprint(rmcf);
 
-    if (zone->sh->ring && zone->sh->ring->fingerprint == fingerprint) {
-        zone->ring = zone->sh->ring;
-        return NGX_OK;
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (ring = zone->sh->rings; ring; ring = ring->next) {
+        if (ring->fingerprint == fingerprint
+            && ring->nshards == rmcf->shards.nelts)
+        {
+            break;
+        }
     }
 
-    ring = ngx_http_ratelimit_ring_create(zone, shm_zone->shm.log);
     if (ring == NULL) {
-        return NGX_ERROR;
+        ring = ngx_http_ratelimit_ring_create(zone, fingerprint,
+                                              shm_zone->shm.log);
+        if (ring == NULL) {
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return NGX_ERROR;
+        }
     }
 
-    ring->fingerprint = fingerprint;
+    ring->refs++;
 
-    if (zone->sh->previous_ring) {
-        ngx_http_ratelimit_ring_free(zone->shpool, zone->sh->previous_ring);
-    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    zone->sh->previous_ring = zone->sh->ring;
-    zone->sh->ring = ring;
     zone->ring = ring;
+    zone->master_holds = 1;
 
     return NGX_OK;
 }
 
 
+/*
+ * Called locked.  The ring is one slab allocation: the ring, the shards'
+ * health, the points.  It must fit whatever the caches hold, or a reload
+ * that changes the shard list could never take effect: cached entries are
+ * evicted until it does.
+ */
+
 static ngx_http_ratelimit_ring_t *
-ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone, ngx_log_t *log)
+ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone,
+    uint32_t fingerprint, ngx_log_t *log)
 {
-    size_t                            n;
-    ngx_uint_t                        i;
+    size_t                            n, size, ring_size, health_size;
+    u_char                           *p;
+    ngx_uint_t                        i, evicted;
     rl_ketama_server_t               *servers;
     ngx_http_ratelimit_ring_t        *ring;
     ngx_http_ratelimit_shard_conf_t  *shard;
@@ -134,18 +150,49 @@ ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone, ngx_log_t *log)
         servers[i].weight = (uint32_t) shard[i].weight;
     }
 
-    ring = ngx_slab_calloc(zone->shpool, sizeof(ngx_http_ratelimit_ring_t));
-    if (ring == NULL) {
-        goto failed;
+    n = rl_ketama_points_needed(servers, rmcf->shards.nelts);
+
+    if (n == 0) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "ratelimit: could not build the ketama ring of "
+                      "%ui shards", rmcf->shards.nelts);
+        ngx_free(servers);
+        return NULL;
     }
 
+    ring_size = ngx_align(sizeof(ngx_http_ratelimit_ring_t), 8);
+    health_size = ngx_align(rmcf->shards.nelts
+                            * sizeof(ngx_http_ratelimit_health_t), 8);
+    size = ring_size + health_size + n * sizeof(rl_ketama_point_t);
+
+    evicted = 0;
+
+    for ( ;; ) {
+        p = ngx_slab_alloc_locked(zone->shpool, size);
+        if (p) {
+            break;
+        }
+
+        if (ngx_http_ratelimit_cache_shrink_locked(zone) == 0) {
+            ngx_log_error(NGX_LOG_EMERG, log, 0,
+                          "ratelimit: no room for the ketama ring of %ui "
+                          "shards (%uz bytes) even with the caches empty: "
+                          "make \"ratelimit_zone\" larger",
+                          rmcf->shards.nelts, size);
+            ngx_free(servers);
+            return NULL;
+        }
+
+        evicted = 1;
+    }
+
+    ngx_memzero(p, size);
+
+    ring = (ngx_http_ratelimit_ring_t *) p;
+    ring->health = (ngx_http_ratelimit_health_t *) (p + ring_size);
+    ring->points = (rl_ketama_point_t *) (p + ring_size + health_size);
     ring->nshards = rmcf->shards.nelts;
-
-    ring->health = ngx_slab_calloc(zone->shpool,
-                           ring->nshards * sizeof(ngx_http_ratelimit_health_t));
-    if (ring->health == NULL) {
-        goto failed;
-    }
+    ring->fingerprint = fingerprint;
 
     for (i = 0; i < ring->nshards; i++) {
         ring->health[i].name_len = shard[i].name.len;
@@ -153,55 +200,106 @@ ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone, ngx_log_t *log)
                    shard[i].name.len);
     }
 
-    n = rl_ketama_points_needed(servers, rmcf->shards.nelts);
-
-    ring->points = ngx_slab_alloc(zone->shpool,
-                                  n * sizeof(rl_ketama_point_t));
-    if (ring->points == NULL) {
-        goto failed;
-    }
-
     ring->npoints = rl_ketama_build(servers, rmcf->shards.nelts, ring->points);
+
+    ngx_free(servers);
 
     if (ring->npoints == 0) {
         ngx_log_error(NGX_LOG_EMERG, log, 0,
                       "ratelimit: could not build the ketama ring");
-        goto failed;
+        ngx_slab_free_locked(zone->shpool, ring);
+        return NULL;
     }
 
-    ngx_free(servers);
+    ring->next = zone->sh->rings;
+    zone->sh->rings = ring;
+
+    if (evicted) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "ratelimit: cached entries evicted to make room for "
+                      "the ketama ring of %ui shards", ring->nshards);
+    }
 
     ngx_log_error(NGX_LOG_INFO, log, 0,
                   "ratelimit: ketama ring of %ui shards, %ui points",
                   ring->nshards, ring->npoints);
 
     return ring;
+}
 
-failed:
 
-    ngx_free(servers);
+/* a worker runs with its cycle's ring: it holds it until it exits */
 
-    if (ring) {
-        ngx_http_ratelimit_ring_free(zone->shpool, ring);
+void
+ngx_http_ratelimit_ring_hold(ngx_http_ratelimit_zone_t *zone)
+{
+    if (zone->ring == NULL || zone->worker_holds) {
+        return;
     }
 
-    return NULL;
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    zone->ring->refs++;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    zone->worker_holds = 1;
+}
+
+
+/*
+ * A cleanup of the cycle's pool: it runs in the master when the cycle is
+ * replaced or its reload fails, and in each worker as it exits.  Each lets
+ * go of the reference it took.  A helper process (cache manager) forked
+ * from the master inherits the master's flag but is not the master: it
+ * lets go of nothing.  A worker that crashes keeps its reference: its ring
+ * then stays, a small leak rather than a freed ring in use.
+ */
+
+void
+ngx_http_ratelimit_zone_cleanup(void *data)
+{
+    ngx_http_ratelimit_zone_t  *zone = data;
+
+    if (zone->ring == NULL || zone->shpool == NULL) {
+        return;
+    }
+
+    if (zone->worker_holds && ngx_process == NGX_PROCESS_WORKER) {
+        zone->worker_holds = 0;
+        ngx_http_ratelimit_ring_release(zone);
+    }
+
+    if (zone->master_holds
+        && (ngx_process == NGX_PROCESS_MASTER
+            || ngx_process == NGX_PROCESS_SINGLE))
+    {
+        zone->master_holds = 0;
+        ngx_http_ratelimit_ring_release(zone);
+    }
 }
 
 
 static void
-ngx_http_ratelimit_ring_free(ngx_slab_pool_t *shpool,
-    ngx_http_ratelimit_ring_t *ring)
+ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone)
 {
-    if (ring->points) {
-        ngx_slab_free(shpool, ring->points);
+    ngx_http_ratelimit_ring_t  *ring, **pp;
+
+    ring = zone->ring;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if (ring->refs > 0 && --ring->refs == 0) {
+
+        for (pp = &zone->sh->rings; *pp; pp = &(*pp)->next) {
+            if (*pp == ring) {
+                *pp = ring->next;
+                break;
+            }
+        }
+
+        ngx_slab_free_locked(zone->shpool, ring);
     }
 
-    if (ring->health) {
-        ngx_slab_free(shpool, ring->health);
-    }
-
-    ngx_slab_free(shpool, ring);
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
 

@@ -14,7 +14,7 @@ rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,
     const char **why)
 {
     size_t             i;
-    long long          v[4];
+    long long          v[5];
     const redisReply  *e;
 
     if (reply == NULL) {
@@ -32,20 +32,31 @@ rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,
         return RL_REPLY_ERROR;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
-        *why = "reply is not an array of 4 elements";
+    if (reply->type != REDIS_REPLY_ARRAY
+        || (reply->elements != 4 && reply->elements != 5))
+    {
+        *why = "reply is not an array of 4 or 5 elements";
         return RL_REPLY_MALFORMED;
     }
 
-    for (i = 0; i < 4; i++) {
+    for (i = 0; i < reply->elements; i++) {
         e = reply->element[i];
 
-        if (e == NULL || e->type != REDIS_REPLY_INTEGER || e->integer < 0) {
+        if (e == NULL || e->type != REDIS_REPLY_INTEGER
+            || e->integer < (i == 0 ? -1 : 0))
+        {
             *why = "reply element is not a non-negative integer";
             return RL_REPLY_MALFORMED;
         }
 
         v[i] = e->integer;
+    }
+
+    result->now_ms = (reply->elements == 5) ? v[4] : -1;
+
+    if (v[0] == -1) {
+        *why = "the check ran after its deadline";
+        return RL_REPLY_EXPIRED;
     }
 
     if (v[0] > 1) {

@@ -19,6 +19,7 @@ typedef struct {
     long long   remaining;
     long long   retry_after_ms;   /* 0 when allowed */
     long long   reset_ms;         /* until the full quota is back */
+    long long   now_ms;           /* the shard's clock, -1: not said */
 } rl_check_result_t;
 
 
@@ -26,10 +27,12 @@ typedef struct {
 #define RL_REPLY_NOSCRIPT    1    /* the script is not cached: send EVAL */
 #define RL_REPLY_ERROR       2    /* Redis answered an error */
 #define RL_REPLY_MALFORMED   3    /* not what the scripts return */
+#define RL_REPLY_EXPIRED     4    /* run after its deadline: nothing counted */
 
 
 /*
- * Decodes {allowed, remaining, retry_after_ms, reset_ms}.  On anything but
+ * Decodes {allowed, remaining, retry_after_ms, reset_ms[, now_ms]}; allowed
+ * -1 is RL_REPLY_EXPIRED (with result->now_ms set).  On anything but
  * RL_REPLY_OK, *why says what was wrong (static or inside the reply).
  */
 int rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,

@@ -567,6 +567,32 @@ for my $alg (qw(tb sw)) {
     is $total, 100, "$alg: exactly 100 of 1600 concurrent requests allowed";
 }
 
+# The deadline: a check run after it (a stalled server woke up, a long
+# queue) counts nothing and says so with allowed -1; every answer ends with
+# the server's clock, from which edge nodes learn the deadline to send.
+for my $alg (qw(tb sw)) {
+    my $key = "$alg:deadline:$$";
+    $r->del($key);
+    my $t0 = now_ms();
+    my @late = $r->evalsha($sha{$alg}, 1, $key, 5, 60000, $t0 - 1);
+    is scalar @late, 5, "$alg: a late check answers 5 elements";
+    is $late[0], -1, "$alg: a check past its deadline is refused with -1";
+    cmp_ok $late[4], '>=', $t0, "$alg: ... and tells the server's clock";
+    is $r->exists($key), 0, "$alg: ... and counts nothing";
+
+    my @ok = $r->evalsha($sha{$alg}, 1, $key, 5, 60000, now_ms() + 5000);
+    is_deeply [@ok[0, 1]], [1, 4], "$alg: a check before its deadline counts";
+    my $t1 = now_ms();
+    cmp_ok abs($ok[4] - $t1), '<=', 1000, "$alg: its clock is the server's";
+
+    my @none = $r->evalsha($sha{$alg}, 1, $key, 5, 60000, 0);
+    is $none[0], 1, "$alg: deadline 0 means none";
+
+    my $err = eval { $r->evalsha($sha{$alg}, 1, $key, 5, 60000, '1e3'); 1 }
+        ? '' : $@;
+    like $err, qr/bad deadline/, "$alg: a deadline that is not digits is refused";
+}
+
 my $took = time - $started;
 diag "took ~${took}s";
 done_testing;

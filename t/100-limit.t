@@ -17,18 +17,18 @@ our $Run = "t100-$$-" . time();
 # a 100 KB user id: over the raw-key length, so it is hashed in the Redis key
 our $BigId = "big-$Run-";
 $BigId .= 'u' x (102400 - length $BigId);
-our $BigKey = 'rl:tb:h:' . Digest::SHA::sha1_hex($BigId);
+our $BigKey = 'rl:tb:http_x_user_id:h:' . Digest::SHA::sha1_hex($BigId);
 
 # the longest user id kept as it is (126 bytes), and one byte more
 our $Id126 = "$Run-edge-";
 $Id126 .= 'e' x (126 - length $Id126);
 our $Id127 = "$Id126-";
-our $Key127 = 'rl:tb:h:' . Digest::SHA::sha1_hex($Id127);
+our $Key127 = 'rl:tb:http_x_user_id:h:' . Digest::SHA::sha1_hex($Id127);
 
 # forget the count of the client address on both shards
 sub forget_ip {
     for my $port ($ENV{TEST_NGINX_REDIS_PORT}, $ENV{TEST_NGINX_REDIS_PORT2}) {
-        system("redis-cli -p $port DEL rl:tb:k:127.0.0.1 >/dev/null") == 0
+        system("redis-cli -p $port DEL rl:tb:remote_addr:k:127.0.0.1 >/dev/null") == 0
             or die "redis-cli on port $port failed\n";
     }
 }
@@ -117,7 +117,7 @@ main::forget_ip();
 
 
 
-=== TEST 3: the count of TEST 2 is kept under rl:tb:k:127.0.0.1
+=== TEST 3: the count of TEST 2 is kept under rl:tb:remote_addr:k:127.0.0.1
 --- http_config
     ratelimit_zone ratelimit:1m;
     ratelimit_redis_timeout 1s;   # a busy box is no shard failure
@@ -136,7 +136,7 @@ GET /t
 Retry-After: [1-9][0-9]*
 --- response_body_like: 429 Too Many Requests
 --- error_log eval
-[qr/\[info\] .*ratelimit: limiting requests of "rl:tb:k:127\.0\.0\.1"/,
+[qr/\[info\] .*ratelimit: limiting requests of "rl:tb:remote_addr:k:127\.0\.0\.1"/,
  qr/retry after [1-9][0-9]* ms/]
 
 
@@ -337,7 +337,7 @@ Retry-After: [1-9][0-9]*
 --- error_log eval
 [qr/ratelimit: limiting requests of "\Q$::BigKey\E"/]
 --- no_error_log eval
-["rl:tb:k:big-"]
+["rl:tb:http_x_user_id:k:big-"]
 
 
 
@@ -380,7 +380,7 @@ Retry-After: [1-9][0-9]*
 GET /t
 --- error_code: 429
 --- error_log eval
-[qr/ratelimit: limiting requests of "rl:tb:k:\Q$::Id126\E"/]
+[qr/ratelimit: limiting requests of "rl:tb:http_x_user_id:k:\Q$::Id126\E"/]
 
 
 

@@ -97,7 +97,7 @@ subtest 'keys spread over both shards' => sub {
     for my $user (@users) {
         $a->get('/tb/x', 'X-User-Id' => $user)->{status} == 200
             or die "not allowed";
-        my @holders = grep { redis_has_key($_, "rl:tb:k:$user") } @shards;
+        my @holders = grep { redis_has_key($_, "rl:tb:http_x_user_id:k:$user") } @shards;
         $everywhere = 0 unless @holders == 1;
         $on{$_}++ for @holders;
     }
@@ -108,7 +108,7 @@ subtest 'keys spread over both shards' => sub {
 };
 
 subtest 'the IP is the key when no user id is sent' => sub {
-    my $ip_key = 'rl:tb:k:127.0.0.1';
+    my $ip_key = 'rl:tb:remote_addr:k:127.0.0.1';
     my $r = $a->get('/tb/x');
     is $r->{status}, 200, 'allowed';
     ok((grep { redis_has_key($_, $ip_key) } @shards), "counted under $ip_key");

@@ -50,9 +50,9 @@ for my $i (1 .. 200) {
     last if @on_keep >= 6 && @on_victim >= 6;
     my $user = unique_key("probe$i");
     $nginx->get('/open/x', 'X-User-Id' => $user)->{status} == 200 or die;
-    if (redis_has_key($victim->port, "rl:tb:k:$user")) {
+    if (redis_has_key($victim->port, "rl:tb:http_x_user_id:k:$user")) {
         push @on_victim, $user;
-    } elsif (redis_has_key($keep->port, "rl:tb:k:$user")) {
+    } elsif (redis_has_key($keep->port, "rl:tb:http_x_user_id:k:$user")) {
         push @on_keep, $user;
     }
 }

@@ -41,7 +41,7 @@ sub landing {
         my $user = unique_key("land$i");
         my $r = $nginx->get('/api/x', 'X-User-Id' => $user);
         die "request failed: $r->{status}" unless $r->{status} == 200;
-        $on{$_} += redis_has_key($_, "rl:tb:k:$user") for keys %on;
+        $on{$_} += redis_has_key($_, "rl:tb:http_x_user_id:k:$user") for keys %on;
     }
     return \%on;
 }

@@ -82,7 +82,7 @@ my @direct = map { Redis->new(server => '127.0.0.1:' . $_->port, encoding => und
 my ($agree, @wrong) = (0);
 my %per_shard;
 for my $user (@users) {
-    my $key = "rl:tb:k:$user";
+    my $key = "rl:tb:http_x_user_id:k:$user";
     my $found = $proxy->exists($key);
     if ($found) {
         $agree++;

@@ -258,7 +258,7 @@ subtest 'the loss of a shard loses no rule' => sub {
 
     # a caller whose count lives on the live shard is held to its rule
     my ($on_live) = grep { $b->get('/api/x', 'X-User-Id' => $_)->{status} == 200
-                           && redis_has_key($redis[0]->port, "rl:tb:k:$_") } @ids;
+                           && redis_has_key($redis[0]->port, "rl:tb:http_x_user_id:k:$_") } @ids;
     ok $on_live, 'found a customer counted on the live shard';
     is_deeply hits($b, $on_live, 5), [200, 200, 200, 200, 429],
         'limited at its rule (5), not the default (3)';

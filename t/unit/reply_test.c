@@ -80,7 +80,7 @@ main(void)
     const char         *why = NULL;
     rl_check_result_t   r;
 
-    printf("1..21\n");
+    printf("1..26\n");
 
     memset(&r, 0, sizeof(r));
     ok(decode("*4\r\n:1\r\n:99\r\n:0\r\n:600\r\n", &r, &why) == RL_REPLY_OK,
@@ -105,8 +105,21 @@ main(void)
        "no reply is malformed");
     ok(decode("*3\r\n:1\r\n:1\r\n:0\r\n", &r, &why) == RL_REPLY_MALFORMED,
        "three elements are malformed");
-    ok(decode("*5\r\n:1\r\n:1\r\n:0\r\n:0\r\n:0\r\n", &r, &why)
-       == RL_REPLY_MALFORMED, "five elements are malformed");
+    ok(decode("*6\r\n:1\r\n:1\r\n:0\r\n:0\r\n:0\r\n:0\r\n", &r, &why)
+       == RL_REPLY_MALFORMED, "six elements are malformed");
+    ok(decode("*5\r\n:1\r\n:7\r\n:0\r\n:10\r\n:1764340000123\r\n", &r,
+              &why) == RL_REPLY_OK
+       && r.allowed == 1 && r.remaining == 7 && r.now_ms == 1764340000123LL,
+       "a fifth element is the shard's clock");
+    ok(decode("*4\r\n:1\r\n:7\r\n:0\r\n:10\r\n", &r, &why) == RL_REPLY_OK
+       && r.now_ms == -1, "without it the clock is not known");
+    ok(decode("*5\r\n:-1\r\n:0\r\n:0\r\n:0\r\n:1764340000123\r\n", &r,
+              &why) == RL_REPLY_EXPIRED && r.now_ms == 1764340000123LL,
+       "allowed -1: ran after its deadline, clock still told");
+    ok(decode("*5\r\n:-2\r\n:0\r\n:0\r\n:0\r\n:1\r\n", &r, &why)
+       == RL_REPLY_MALFORMED, "an allowed flag of -2 is malformed");
+    ok(decode("*5\r\n:1\r\n:0\r\n:0\r\n:0\r\n:-1\r\n", &r, &why)
+       == RL_REPLY_MALFORMED, "a negative clock is malformed");
     ok(decode("*4\r\n:1\r\n$2\r\n99\r\n:0\r\n:0\r\n", &r, &why)
        == RL_REPLY_MALFORMED, "a string element is malformed");
     ok(decode("*4\r\n:1\r\n:-1\r\n:0\r\n:0\r\n", &r, &why)
