@@ -3,10 +3,11 @@
 # denied, coming back then passes; the token bucket refills one token at a
 # time; the sliding window weighs the previous window's count.
 #
-# Blocks go on with the counts of the blocks before them and sleep in their
-# --- init until a chosen moment, measured from a time an earlier block wrote
-# down (%main::At), so they run in file order and once each.  User ids are
-# unique to this run.  The whole file sleeps about 10 s.
+# A block that looks at a later moment makes its own earlier requests in its
+# --- init (prime()), with a user id of its own, and sleeps until a moment
+# measured from them: never from an earlier block, since Test::Nginx may
+# take a second or more to restart nginx between blocks.  User ids are
+# unique to this run.  The whole file sleeps about 15 s.
 #
 # Redis and this file read the same clock.  Sliding windows are fixed: window
 # n covers [n * W, (n + 1) * W) of the Unix time in ms, so a block can start
@@ -18,8 +19,28 @@ use Time::HiRes ();
 
 our $Run = "t103-$$-" . time();
 
-# times written down by the blocks, in seconds (Time::HiRes)
-our %At;
+use IO::Socket::INET ();
+
+# Sends $n requests for $user to this block's nginx, one connection each, and
+# returns the time just before the first, in seconds.  Dies on an answer
+# other than 200 or 429.
+sub prime {
+    my ($user, $n) = @_;
+    my $t0 = Time::HiRes::time();
+    for (1 .. $n) {
+        my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                         PeerPort => server_port(),
+                                         Timeout => 5)
+            or die "connect: $!\n";
+        print $sock "GET /t HTTP/1.0\r\nHost: localhost\r\n"
+                    . "X-User-Id: $user\r\n\r\n";
+        my $line = <$sock>;
+        die "prime: no answer\n" unless defined $line;
+        die "prime: $line" unless $line =~ m{^HTTP/1\.\d (200|429)};
+        close $sock;
+    }
+    return $t0;
+}
 
 sub sleep_until {
     my ($t) = @_;
@@ -75,8 +96,6 @@ __DATA__
         ratelimit_algorithm token_bucket;
         empty_gif;
     }
---- init
-$main::At{tb} = Time::HiRes::time();
 --- more_headers eval
 "X-User-Id: $::Run-tb"
 --- pipelined_requests eval
@@ -104,9 +123,10 @@ $main::At{tb} = Time::HiRes::time();
         empty_gif;
     }
 --- init
-main::sleep_until($main::At{tb} + 0.5);
+# TEST 1's three requests, then half way to the next token
+main::sleep_until(main::prime("$::Run-tb2", 3) + 0.5);
 --- more_headers eval
-"X-User-Id: $::Run-tb"
+"X-User-Id: $::Run-tb2"
 --- request
 GET /t
 --- error_code: 429
@@ -130,9 +150,13 @@ Retry-After: 1
         empty_gif;
     }
 --- init
-main::sleep_until($main::At{tb} + 1.05);
+# TEST 1's three requests, TEST 2's early retry, then the Retry-After
+my $t0 = main::prime("$::Run-tb3", 3);
+main::sleep_until($t0 + 0.5);
+main::prime("$::Run-tb3", 1);
+main::sleep_until($t0 + 1.05);
 --- more_headers eval
-"X-User-Id: $::Run-tb"
+"X-User-Id: $::Run-tb3"
 --- pipelined_requests eval
 [("GET /t") x 2]
 --- error_code eval
@@ -155,8 +179,6 @@ main::sleep_until($main::At{tb} + 1.05);
         ratelimit_default 4 4s;
         empty_gif;
     }
---- init
-$main::At{refill} = Time::HiRes::time();
 --- more_headers eval
 "X-User-Id: $::Run-refill"
 --- pipelined_requests eval
@@ -185,9 +207,10 @@ $main::At{refill} = Time::HiRes::time();
         empty_gif;
     }
 --- init
-main::sleep_until($main::At{refill} + 1.1);
+# TEST 4's five requests, then 1.1 s of refill
+main::sleep_until(main::prime("$::Run-refill5", 5) + 1.1);
 --- more_headers eval
-"X-User-Id: $::Run-refill"
+"X-User-Id: $::Run-refill5"
 --- pipelined_requests eval
 [("GET /t") x 2]
 --- error_code eval
@@ -214,7 +237,7 @@ main::sleep_until($main::At{refill} + 1.1);
 --- init
 # the count of this window weighs until the end of the next one (t=4), and
 # 2 of 2 leave room for one more only half way into the next one (3 s)
-$main::At{sw} = main::align(2000, 100);
+main::align(2000, 100);
 --- more_headers eval
 "X-User-Id: $::Run-sw"
 --- pipelined_requests eval
@@ -242,10 +265,13 @@ $main::At{sw} = main::align(2000, 100);
         empty_gif;
     }
 --- init
-# the previous window's 2 still weigh 2 * 1.9 / 2 = 1.9
-main::sleep_until($main::At{sw} + 2.1);
+# TEST 6's three requests 0.1 s into a window; 2 s later the previous
+# window's 2 still weigh 2 * 1.9 / 2 = 1.9
+my $start = main::align(2000, 100);
+main::prime("$::Run-sw7", 3);
+main::sleep_until($start + 2.1);
 --- more_headers eval
-"X-User-Id: $::Run-sw"
+"X-User-Id: $::Run-sw7"
 --- request
 GET /t
 --- error_code: 429
@@ -269,10 +295,15 @@ Retry-After: 1
         empty_gif;
     }
 --- init
-# 1.1 s into the window: the previous 2 weigh 0.9, so 1 more passes, not 2
-main::sleep_until($main::At{sw} + 3.1);
+# TEST 6's three requests 0.1 s into a window, TEST 7's retry 2 s later;
+# 1.1 s into the next window the previous 2 weigh 0.9: 1 more passes, not 2
+my $start = main::align(2000, 100);
+main::prime("$::Run-sw8", 3);
+main::sleep_until($start + 2.1);
+main::prime("$::Run-sw8", 1);
+main::sleep_until($start + 3.1);
 --- more_headers eval
-"X-User-Id: $::Run-sw"
+"X-User-Id: $::Run-sw8"
 --- pipelined_requests eval
 [("GET /t") x 2]
 --- error_code eval
@@ -298,7 +329,7 @@ main::sleep_until($main::At{sw} + 3.1);
     }
 --- init
 # 1.6 s into a window; room again a quarter into the next one (0.9 s)
-$main::At{weight} = main::align(2000, 1600);
+main::align(2000, 1600);
 --- more_headers eval
 "X-User-Id: $::Run-weight"
 --- pipelined_requests eval
@@ -328,10 +359,13 @@ $main::At{weight} = main::align(2000, 1600);
         empty_gif;
     }
 --- init
-# a fixed window would let 4 pass, a token bucket 3 (1.55 s of refill)
-main::sleep_until($main::At{weight} + 2 + 1.15);
+# TEST 9's five requests 1.6 s into a window; 1.15 s into the next one a
+# fixed window would let 4 pass, a token bucket 3 (1.55 s of refill)
+my $start = main::align(2000, 1600);
+main::prime("$::Run-weight10", 5);
+main::sleep_until($start + 2 + 1.15);
 --- more_headers eval
-"X-User-Id: $::Run-weight"
+"X-User-Id: $::Run-weight10"
 --- pipelined_requests eval
 [("GET /t") x 3]
 --- error_code eval
