@@ -306,7 +306,6 @@ ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char                     *p;
     ssize_t                     size;
     ngx_str_t                  *value, name, s;
-    ngx_pool_cleanup_t         *cln;
     ngx_http_ratelimit_zone_t  *zone;
 
     if (rmcf->shm_zone) {
@@ -365,16 +364,6 @@ ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     rmcf->shm_zone->init = ngx_http_ratelimit_init_zone;
     rmcf->shm_zone->data = zone;
-
-    /* the cycle's reference to its ring goes with the cycle */
-
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    cln->handler = ngx_http_ratelimit_zone_cleanup;
-    cln->data = zone;
 
     return NGX_CONF_OK;
 }
@@ -1015,6 +1004,15 @@ ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
     ngx_http_ratelimit_rules_exit_process(cycle);
     ngx_http_ratelimit_redis_exit_process(cycle);
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_ratelimit_module);
+
+    if (rmcf && rmcf->shm_zone) {
+        ngx_http_ratelimit_ring_release(rmcf->shm_zone->data);
+    }
 }

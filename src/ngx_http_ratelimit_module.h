@@ -89,15 +89,16 @@ typedef struct {
 
 /*
  * shared memory: the ketama ring of one configuration generation, with its
- * shards' health.  Each process that runs with the ring (the master for each
- * cycle that uses it, every worker) holds a reference; the last one out
- * frees it, so a worker of an older generation never reads a freed ring.
+ * shards' health.  The current ring stays; every worker holds a reference
+ * to its own until it exits, and the last one out of a ring that is no
+ * longer current frees it: a worker of an older generation never reads a
+ * freed ring.
  */
 typedef struct ngx_http_ratelimit_ring_s  ngx_http_ratelimit_ring_t;
 
 struct ngx_http_ratelimit_ring_s {
     ngx_http_ratelimit_ring_t      *next;        /* the zone's live rings */
-    ngx_uint_t                      refs;        /* under the zone's mutex */
+    ngx_uint_t                      refs;        /* workers, under the mutex */
     uint32_t                        fingerprint;  /* of names and weights */
     ngx_uint_t                      nshards;
     ngx_http_ratelimit_health_t    *health;
@@ -156,6 +157,7 @@ typedef struct {
 /* shared memory: the zone's root */
 typedef struct {
     ngx_http_ratelimit_ring_t      *rings;       /* every live generation */
+    ngx_http_ratelimit_ring_t      *current;     /* the newest configuration's */
     ngx_atomic_t                    epoch;       /* of the cached rules */
     ngx_atomic_t                    rules_version;   /* highest seen */
     ngx_atomic_t                    rules_polled_at;
@@ -170,8 +172,7 @@ typedef struct {
     ngx_slab_pool_t                *shpool;
     ngx_http_ratelimit_ring_t      *ring;       /* this configuration's */
     void                           *main_conf;
-    unsigned                        master_holds:1;  /* a ring reference */
-    unsigned                        worker_holds:1;
+    unsigned                        worker_holds:1;  /* a ring reference */
 } ngx_http_ratelimit_zone_t;
 
 
@@ -235,8 +236,8 @@ ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);
 #define NGX_HTTP_RATELIMIT_SHARD_DOWN    2
 
 ngx_int_t ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data);
-void ngx_http_ratelimit_zone_cleanup(void *data);
 void ngx_http_ratelimit_ring_hold(ngx_http_ratelimit_zone_t *zone);
+void ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone);
 ngx_uint_t ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring,
     u_char *key, size_t len);
 ngx_uint_t ngx_http_ratelimit_shard_state(ngx_http_ratelimit_health_t *h);

@@ -20,7 +20,8 @@ static ngx_http_ratelimit_ring_t *ngx_http_ratelimit_ring_create(
     ngx_http_ratelimit_zone_t *zone, uint32_t fingerprint, ngx_log_t *log);
 static uint32_t ngx_http_ratelimit_ring_fingerprint(
     ngx_http_ratelimit_main_conf_t *rmcf);
-static void ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone);
+static void ngx_http_ratelimit_ring_free_locked(
+    ngx_http_ratelimit_zone_t *zone, ngx_http_ratelimit_ring_t *ring);
 
 
 ngx_int_t
@@ -30,7 +31,7 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     size_t                           len;
     uint32_t                         fingerprint;
-    ngx_http_ratelimit_ring_t       *ring;
+    ngx_http_ratelimit_ring_t       *ring, *previous;
     ngx_http_ratelimit_zone_t       *zone;
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
@@ -78,11 +79,14 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     /*
-     * A ring of the same shards, still in use by some generation, is shared
-     * with its health state.  Rings of other shard lists stay for the
-     * workers that still run with them, each freed by the last process that
-     * lets go of it (ngx_http_ratelimit_zone_cleanup), never here: a reload
-     * may yet fail, and old workers may hold requests for minutes.
+     * The ring of this configuration becomes the zone's current one.  A
+     * ring of the same shards that some generation still uses is shared,
+     * with its health state.  The ring it replaces stays for the workers
+     * that still run with it, freed by the last of them to exit
+     * (ngx_http_ratelimit_ring_release), never here: old workers may hold
+     * requests for minutes.  The master holds no reference of its own: a
+     * ring is kept while it is current, so the workers it spawns (also
+     * after a crash, also after a failed reload) find it.
      */
 
     fingerprint = ngx_http_ratelimit_ring_fingerprint(rmcf);
@@ -106,12 +110,16 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         }
     }
 
-    ring->refs++;
+    previous = zone->sh->current;
+    zone->sh->current = ring;
+
+    if (previous && previous != ring && previous->refs == 0) {
+        ngx_http_ratelimit_ring_free_locked(zone, previous);
+    }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     zone->ring = ring;
-    zone->master_holds = 1;
 
     return NGX_OK;
 }
@@ -246,60 +254,51 @@ ngx_http_ratelimit_ring_hold(ngx_http_ratelimit_zone_t *zone)
 
 
 /*
- * A cleanup of the cycle's pool: it runs in the master when the cycle is
- * replaced or its reload fails, and in each worker as it exits.  Each lets
- * go of the reference it took.  A helper process (cache manager) forked
- * from the master inherits the master's flag but is not the master: it
- * lets go of nothing.  A worker that crashes keeps its reference: its ring
- * then stays, a small leak rather than a freed ring in use.
+ * A worker exits: the last one out of a ring that is no longer current
+ * frees it.  A worker that crashes keeps its reference: its ring then
+ * stays, a small leak rather than a freed ring in use.
  */
 
 void
-ngx_http_ratelimit_zone_cleanup(void *data)
+ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone)
 {
-    ngx_http_ratelimit_zone_t  *zone = data;
+    ngx_http_ratelimit_ring_t  *ring;
 
-    if (zone->ring == NULL || zone->shpool == NULL) {
+    if (!zone->worker_holds) {
         return;
     }
 
-    if (zone->worker_holds && ngx_process == NGX_PROCESS_WORKER) {
-        zone->worker_holds = 0;
-        ngx_http_ratelimit_ring_release(zone);
-    }
-
-    if (zone->master_holds
-        && (ngx_process == NGX_PROCESS_MASTER
-            || ngx_process == NGX_PROCESS_SINGLE))
-    {
-        zone->master_holds = 0;
-        ngx_http_ratelimit_ring_release(zone);
-    }
-}
-
-
-static void
-ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone)
-{
-    ngx_http_ratelimit_ring_t  *ring, **pp;
-
+    zone->worker_holds = 0;
     ring = zone->ring;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    if (ring->refs > 0 && --ring->refs == 0) {
+    if (ring->refs > 0) {
+        ring->refs--;
+    }
 
-        for (pp = &zone->sh->rings; *pp; pp = &(*pp)->next) {
-            if (*pp == ring) {
-                *pp = ring->next;
-                break;
-            }
-        }
-
-        ngx_slab_free_locked(zone->shpool, ring);
+    if (ring->refs == 0 && ring != zone->sh->current) {
+        ngx_http_ratelimit_ring_free_locked(zone, ring);
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static void
+ngx_http_ratelimit_ring_free_locked(ngx_http_ratelimit_zone_t *zone,
+    ngx_http_ratelimit_ring_t *ring)
+{
+    ngx_http_ratelimit_ring_t  **pp;
+
+    for (pp = &zone->sh->rings; *pp; pp = &(*pp)->next) {
+        if (*pp == ring) {
+            *pp = ring->next;
+            break;
+        }
+    }
+
+    ngx_slab_free_locked(zone->shpool, ring);
 }
 
 
