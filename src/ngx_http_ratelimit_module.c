@@ -35,6 +35,7 @@ static char *ngx_http_ratelimit_set_status(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_ratelimit_set_timeout(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_ratelimit_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_ratelimit_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_ratelimit_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle);
 
@@ -179,7 +180,7 @@ ngx_module_t  ngx_http_ratelimit_module = {
     ngx_http_ratelimit_commands,           /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_ratelimit_init_module,        /* init module */
     ngx_http_ratelimit_init_process,       /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -958,6 +959,22 @@ ngx_http_ratelimit_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_ratelimit_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_init_module(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_ratelimit_module);
+
+    if (rmcf && rmcf->shm_zone) {
+        ngx_http_ratelimit_ring_commit(rmcf->shm_zone->data);
+    }
 
     return NGX_OK;
 }

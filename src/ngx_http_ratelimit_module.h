@@ -157,7 +157,7 @@ typedef struct {
 /* shared memory: the zone's root */
 typedef struct {
     ngx_http_ratelimit_ring_t      *rings;       /* every live generation */
-    ngx_http_ratelimit_ring_t      *current;     /* the newest configuration's */
+    ngx_http_ratelimit_ring_t      *current;     /* the master's configuration's */
     ngx_atomic_t                    epoch;       /* of the cached rules */
     ngx_atomic_t                    rules_version;   /* highest seen */
     ngx_atomic_t                    rules_polled_at;
@@ -236,6 +236,7 @@ ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);
 #define NGX_HTTP_RATELIMIT_SHARD_DOWN    2
 
 ngx_int_t ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+void ngx_http_ratelimit_ring_commit(ngx_http_ratelimit_zone_t *zone);
 void ngx_http_ratelimit_ring_hold(ngx_http_ratelimit_zone_t *zone);
 void ngx_http_ratelimit_ring_release(ngx_http_ratelimit_zone_t *zone);
 ngx_uint_t ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring,

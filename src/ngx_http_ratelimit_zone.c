@@ -31,7 +31,7 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     size_t                           len;
     uint32_t                         fingerprint;
-    ngx_http_ratelimit_ring_t       *ring, *previous;
+    ngx_http_ratelimit_ring_t       *ring, *next, *found;
     ngx_http_ratelimit_zone_t       *zone;
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
@@ -79,49 +79,75 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     /*
-     * The ring of this configuration becomes the zone's current one.  A
-     * ring of the same shards that some generation still uses is shared,
-     * with its health state.  The ring it replaces stays for the workers
-     * that still run with it, freed by the last of them to exit
-     * (ngx_http_ratelimit_ring_release), never here: old workers may hold
-     * requests for minutes.  The master holds no reference of its own: a
-     * ring is kept while it is current, so the workers it spawns (also
-     * after a crash, also after a failed reload) find it.
+     * A ring of the same shards that some generation still uses is shared,
+     * with its health state.  Rings stay while they are current (the ring
+     * of the configuration the master runs: workers it spawns, also after a
+     * crash, find it) or some worker runs with them; the others are left
+     * from reloads that failed, and go now.  This ring becomes current only
+     * once the reload can no longer fail (ngx_http_ratelimit_ring_commit).
      */
 
     fingerprint = ngx_http_ratelimit_ring_fingerprint(rmcf);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    for (ring = zone->sh->rings; ring; ring = ring->next) {
+    found = NULL;
+
+    for (ring = zone->sh->rings; ring; ring = next) {
+        next = ring->next;
+
         if (ring->fingerprint == fingerprint
             && ring->nshards == rmcf->shards.nelts)
         {
-            break;
+            found = ring;
+
+        } else if (ring->refs == 0 && ring != zone->sh->current) {
+            ngx_http_ratelimit_ring_free_locked(zone, ring);
         }
     }
 
-    if (ring == NULL) {
-        ring = ngx_http_ratelimit_ring_create(zone, fingerprint,
-                                              shm_zone->shm.log);
-        if (ring == NULL) {
+    if (found == NULL) {
+        found = ngx_http_ratelimit_ring_create(zone, fingerprint,
+                                               shm_zone->shm.log);
+        if (found == NULL) {
             ngx_shmtx_unlock(&zone->shpool->mutex);
             return NGX_ERROR;
         }
     }
 
-    previous = zone->sh->current;
-    zone->sh->current = ring;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    if (previous && previous != ring && previous->refs == 0) {
+    zone->ring = found;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The configuration is committed (init_module, past the point where a
+ * reload can fail): its ring is the current one.  The ring it replaces is
+ * freed by the last of its workers to exit, or now if it has none.
+ */
+
+void
+ngx_http_ratelimit_ring_commit(ngx_http_ratelimit_zone_t *zone)
+{
+    ngx_http_ratelimit_ring_t  *previous;
+
+    if (zone->ring == NULL) {
+        return;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    previous = zone->sh->current;
+    zone->sh->current = zone->ring;
+
+    if (previous && previous != zone->ring && previous->refs == 0) {
         ngx_http_ratelimit_ring_free_locked(zone, previous);
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    zone->ring = ring;
-
-    return NGX_OK;
 }
 
 
