@@ -147,6 +147,7 @@ sub crash_lines {
             or diag explain $status;
         my %allowed = map { $_ => 1 } @$good;
         my @stray = grep { !$allowed{$_} } @$where;
+        push @stray, 'counts found: ' . scalar(@$where) . ' of 8' if @$where != 8;
         is "@stray", '', "and are counted on the shards [@$good] in force"
             or diag "counted on shards [@$where]";
     }

@@ -175,14 +175,17 @@ sub reload {
 # old workers to leave (they may be holding requests open).  Returns 1 once
 # the master has started the new workers, 0 once it has given the new
 # configuration up and kept the old one (it logged [emerg], e.g. "still could
-# not bind()"); dies if neither happens within $opt{timeout} seconds.
+# not bind()"), or `nginx -s reload` itself refused the configuration (its
+# output is in $self->{reload_output}); undef if nothing of the kind happens
+# within $opt{timeout} seconds (a reload that failed silently).
 sub reload_nowait {
     my ($self, $http, %opt) = @_;
     my $offset = $self->log_size;
     my %old = map { $_ => 1 } @{ $self->worker_pids };
     $self->write_conf($http);
     my $out = $self->run_nginx('-s', 'reload');
-    die "nginx -s reload failed: $out" if $?;
+    $self->{reload_output} = $out;
+    return 0 if $?;                 # refused when read: no signal sent
     my $deadline = time + ($opt{timeout} || 20);
     while (time < $deadline) {
         my $log = $self->error_log_since($offset);
@@ -206,8 +209,7 @@ sub reload_nowait {
         }
         sleep 0.05;
     }
-    die "reload: neither new workers nor an [emerg] after "
-        . ($opt{timeout} || 20) . " s\n" . $self->error_log_since($offset);
+    return undef;
 }
 
 sub _shutting_down {
