@@ -171,6 +171,129 @@ sub reload {
     }
 }
 
+# Replaces the configuration and signals a reload, without waiting for the
+# old workers to leave (they may be holding requests open).  Returns 1 once
+# the master has started the new workers, 0 once it has given the new
+# configuration up and kept the old one (it logged [emerg], e.g. "still could
+# not bind()"), or `nginx -s reload` itself refused the configuration (its
+# output is in $self->{reload_output}); undef if nothing of the kind happens
+# within $opt{timeout} seconds (a reload that failed silently).
+sub reload_nowait {
+    my ($self, $http, %opt) = @_;
+    my $offset = $self->log_size;
+    my %old = map { $_ => 1 } @{ $self->worker_pids };
+    $self->write_conf($http);
+    my $out = $self->run_nginx('-s', 'reload');
+    $self->{reload_output} = $out;
+    return 0 if $?;                 # refused when read: no signal sent
+    my $deadline = time + ($opt{timeout} || 20);
+    while (time < $deadline) {
+        my $log = $self->error_log_since($offset);
+        # a bind() failure is retried for about 2 s before nginx gives up
+        return 0 if $log =~ /still could not bind\(\)/;
+        return 0 if $log =~ /\[emerg\]/ && $log !~ /bind\(\) to/;
+        my @new = grep { !$old{$_} } @{ $self->worker_pids };
+        if ($log =~ /reconfiguring/ && $log =~ /start worker process/
+            && @new >= $self->{workers})
+        {
+            # what answers next must run the new configuration: wait
+            # until the old workers have been told to quit (they close
+            # their listening sockets at once)
+            while (time < $deadline) {
+                last unless grep { kill(0, $_) && !_shutting_down($_) }
+                            keys %old;
+                sleep 0.02;
+            }
+            sleep 0.05;
+            return 1;
+        }
+        sleep 0.05;
+    }
+    return undef;
+}
+
+sub _shutting_down {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/cmdline" or return 1;
+    local $/;
+    my $cmd = <$fh>;
+    return !defined $cmd || $cmd =~ /shutting down/;
+}
+
+# The error log's size now, for error_log_since.
+sub log_size {
+    my ($self) = @_;
+    return -s "$self->{dir}/logs/error.log" || 0;
+}
+
+sub error_log_since {
+    my ($self, $offset) = @_;
+    open my $fh, '<', "$self->{dir}/logs/error.log" or return '';
+    seek $fh, $offset || 0, 0;
+    local $/;
+    my $text = <$fh>;
+    return defined $text ? $text : '';
+}
+
+# The error log's lines that say a worker died of a signal (a crash).
+sub crashes {
+    my ($self) = @_;
+    return grep { /exited on signal/ } split /\n/, $self->error_log;
+}
+
+# Opens a connection and sends a request whose header is not finished (the
+# empty line is missing): nginx holds it, in the worker that accepted it,
+# until finish_request.  Returns the socket.
+sub hold_request {
+    my ($self, $path, %headers) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                     PeerPort => $self->{port},
+                                     Proto => 'tcp', Timeout => 10)
+        or die "connect to nginx on $self->{port}: $!\n";
+    $sock->autoflush(1);
+    my $req = "GET $path HTTP/1.0\r\nHost: localhost\r\n"
+        . join('', map { "$_: $headers{$_}\r\n" } sort keys %headers);
+    defined syswrite($sock, $req) or die "send: $!\n";
+    return $sock;
+}
+
+# Finishes a request opened by hold_request and reads the answer.  Returns
+# the status code, or "EOF" (closed without an answer), "reset", "timeout".
+sub finish_request {
+    my ($sock, $timeout) = @_;
+    $timeout ||= 10;
+    local $SIG{PIPE} = 'IGNORE';
+    return 'reset' unless defined syswrite($sock, "\r\n");
+    my $buf = '';
+    my $deadline = time + $timeout;
+    while ($buf !~ /\r\n/) {
+        my $left = $deadline - time;
+        return 'timeout' if $left <= 0;
+        my $rin = '';
+        vec($rin, fileno($sock), 1) = 1;
+        next unless select(my $rout = $rin, undef, undef, $left);
+        my $n = sysread($sock, $buf, 4096, length $buf);
+        return 'reset' unless defined $n;
+        last if $n == 0;
+    }
+    close $sock;
+    return $buf =~ m{^HTTP/1\.\d (\d{3})} ? $1 : 'EOF';
+}
+
+# Resident memory of the master and every worker (old generations too), in kB.
+sub rss_kb {
+    my ($self) = @_;
+    my $master = $self->master_pid or return 0;
+    my $sum = 0;
+    for my $pid ($master, @{ $self->worker_pids }) {
+        open my $fh, '<', "/proc/$pid/status" or next;
+        while (<$fh>) {
+            $sum += $1 if /^VmRSS:\s+(\d+)\s+kB/;
+        }
+    }
+    return $sum;
+}
+
 sub worker_pids {
     my ($self) = @_;
     my $master = $self->master_pid or return [];
