@@ -565,7 +565,7 @@ ngx_http_ratelimit_sync_loaded(void *data, redisReply *reply)
 }
 
 
-/* the shard is below "version", or holds other rules than the source */
+/* the shard is below "version", or may hold other rules than the source */
 
 static ngx_uint_t
 ngx_http_ratelimit_poll_behind(ngx_http_ratelimit_poll_shard_t *ps,
@@ -575,7 +575,13 @@ ngx_http_ratelimit_poll_behind(ngx_http_ratelimit_poll_shard_t *ps,
         return 0;
     }
 
-    if (ps->version < version) {
+    /*
+     * No digest: the rules were stored by an older module, or by hand, and
+     * nothing tells whether they agree with the others.  The merge makes
+     * one, so this happens once.
+     */
+
+    if (ps->version < version || ps->digest_len == 0) {
         return 1;
     }
 
