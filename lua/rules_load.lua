@@ -27,8 +27,16 @@ end
 
 local version = tonumber(redis.call('GET', KEYS[2]) or '0')
 local wanted = tonumber(ARGV[1]) or 0
+local differs = rl_digest() ~= ARGV[2]
 
-if written > 0 or rl_digest() ~= ARGV[2] then
+if written == 0 and differs then
+    -- nothing was missing here: the digest may be what is wrong (the hash
+    -- edited by hand); made again from the entries, it tells
+    redis.call('DEL', RL_DIGEST)
+    differs = rl_digest() ~= ARGV[2]
+end
+
+if written > 0 or differs then
     redis.call('SET', KEYS[2], math.max(version, wanted) + 1)
 elseif wanted > version then
     redis.call('SET', KEYS[2], wanted)
