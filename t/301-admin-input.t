@@ -18,7 +18,7 @@ no_shuffle();
 repeat_each(1);
 
 # 2 checks (status, body) per request
-my @requests = (4, 4, 9, 4, 3);
+my @requests = (4, 4, 9, 4, 3, 6);
 my $sum = 0;
 $sum += 2 * $_ for @requests;
 plan tests => repeat_each() * $sum;
@@ -172,3 +172,28 @@ __DATA__
 --- response_body_like eval
 [qr/"limit":8/, qr/^\{"customer_id":"\Q$::Run\E-rw","limit":8,"window":60\}$/,
  qr/"limit":8/]
+
+
+
+=== TEST 6: tokens of every length but the right one are refused alike
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /admin/limits {
+        ratelimit_admin;
+        ratelimit_admin_token test-admin-token-0123456789;
+    }
+--- more_headers eval
+[map { "Authorization: Bearer $_" }
+ "t", "test-admin-token-012345678", "test-admin-token-0123456789x",
+ "test-admin-token-0123456788", "x" x 4000, $::Token]
+--- request eval
+[("GET /admin/limits/$::Run-nobody") x 6]
+--- error_code eval
+[401, 401, 401, 401, 401, 404]
+--- response_body_like eval
+[(qr/"error":"a valid \\"Authorization: Bearer\\" token is required"/) x 5,
+ qr/this customer has no rule/]
