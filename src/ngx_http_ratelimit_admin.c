@@ -114,6 +114,11 @@ static ngx_int_t ngx_http_ratelimit_admin_deleted_json(ngx_http_request_t *r,
 static void ngx_http_ratelimit_admin_cleanup(void *data);
 
 
+/* the key admin tokens are compared under, drawn by each worker */
+static u_char      ngx_http_ratelimit_admin_key[32];
+static ngx_uint_t  ngx_http_ratelimit_admin_keyed;
+
+
 ngx_int_t
 ngx_http_ratelimit_admin_handler(ngx_http_request_t *r)
 {
@@ -281,8 +286,6 @@ ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
     ngx_str_t            given, *token;
     unsigned int         glen, tlen;
     u_char               gmac[EVP_MAX_MD_SIZE], tmac[EVP_MAX_MD_SIZE];
-    static u_char        key[32];
-    static ngx_uint_t    keyed;
 
     token = &rlcf->admin_token;
 
@@ -307,21 +310,28 @@ ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
         given.len--;
     }
 
-    if (!keyed) {
-        if (RAND_bytes(key, sizeof(key)) != 1) {
+    if (!ngx_http_ratelimit_admin_keyed) {
+        if (RAND_bytes(ngx_http_ratelimit_admin_key,
+                       sizeof(ngx_http_ratelimit_admin_key))
+            != 1)
+        {
             ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                           "ratelimit: no random key to compare admin tokens"
                           " with: refusing every token");
             return 0;
         }
 
-        keyed = 1;
+        ngx_http_ratelimit_admin_keyed = 1;
     }
 
-    if (HMAC(EVP_sha256(), key, sizeof(key), given.data, given.len, gmac,
-             &glen) == NULL
-        || HMAC(EVP_sha256(), key, sizeof(key), token->data, token->len,
-                tmac, &tlen) == NULL
+    if (HMAC(EVP_sha256(), ngx_http_ratelimit_admin_key,
+             sizeof(ngx_http_ratelimit_admin_key), given.data, given.len,
+             gmac, &glen)
+        == NULL
+        || HMAC(EVP_sha256(), ngx_http_ratelimit_admin_key,
+                sizeof(ngx_http_ratelimit_admin_key), token->data,
+                token->len, tmac, &tlen)
+           == NULL
         || glen != tlen)
     {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,

@@ -16,6 +16,10 @@ use RLTest qw(unique_key ratelimit_http);
 use RLTest::Nginx;
 use RLTest::Redis;
 
+# build/unit/ketama_route tells which shard reads a customer's rule
+system('sh t/unit/build.sh 1>&2') == 0
+    or BAIL_OUT('cannot build the unit tools with sh t/unit/build.sh');
+
 my $token = 'test-admin-token-0123456789';
 my @redis = map { RLTest::Redis->start } 1 .. 2;
 
@@ -104,7 +108,7 @@ subtest 'a "no rule" read from a shard that lost its rules does not outlive the 
         sleep 0.6;
         $redis[1]->cli('FLUSHALL');     # as if restarted empty
         my @seen = map { limit_on($_, $id) } @nodes;
-        note "attempt: node limits @seen";
+        note "node limits after the flush: @seen";
         if ($seen[0] == 3 && $seen[1] == 3) {
             $stale = $id;
             last;
