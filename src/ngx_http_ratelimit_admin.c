@@ -824,7 +824,7 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
 {
     const char                        *argv[8];
     size_t                             argvlen[8];
-    ngx_uint_t                         i, unsent;
+    ngx_uint_t                         i, unsent, queued;
     ngx_http_ratelimit_admin_shard_t  *as;
 
     ctx->phase = NGX_HTTP_RATELIMIT_ADMIN_RESTORE;
@@ -840,6 +840,7 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
     argvlen[7] = ctx->stored.len;
 
     unsent = 0;
+    queued = 0;
 
     for (i = 0; i < ctx->nshards; i++) {
         as = &ctx->shards[i];
@@ -859,12 +860,25 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
         as->slot = ngx_http_ratelimit_redis_send(
                        ngx_http_ratelimit_redis_conn(i), 8, argv, argvlen,
                        ngx_http_ratelimit_admin_restored, as);
-        if (as->slot) {
-            ctx->pending++;
-
-        } else {
+        if (as->slot == NULL) {
             unsent++;
+            continue;
         }
+
+        /*
+         * A shard that let the write time out will not answer the undo in
+         * time either: it runs when the shard does, and the answer need not
+         * wait for it.
+         */
+
+        if (!as->answered) {
+            ngx_http_ratelimit_redis_detach(as->slot);
+            as->slot = NULL;
+            queued++;
+            continue;
+        }
+
+        ctx->pending++;
     }
 
     ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
@@ -872,7 +886,7 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
                   "shard, undoing it on %ui shards%s",
                   ngx_http_ratelimit_admin_escape(ctx->request->pool,
                       ctx->rule.customer_id, ctx->rule.customer_id_len),
-                  ctx->pending,
+                  ctx->pending + queued,
                   unsent ? "; some could not be sent the undo, the rules "
                            "poll will carry it to them" : "");
 
