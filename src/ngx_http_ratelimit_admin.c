@@ -95,6 +95,8 @@ static ngx_int_t ngx_http_ratelimit_admin_write(
 static void ngx_http_ratelimit_admin_written(void *data, redisReply *reply);
 static void ngx_http_ratelimit_admin_restore(
     ngx_http_ratelimit_admin_ctx_t *ctx);
+static ngx_uint_t ngx_http_ratelimit_admin_holds_write(
+    ngx_http_ratelimit_admin_ctx_t *ctx, ngx_http_ratelimit_admin_shard_t *as);
 static void ngx_http_ratelimit_admin_restored(void *data, redisReply *reply);
 static ngx_int_t ngx_http_ratelimit_admin_read(
     ngx_http_ratelimit_admin_ctx_t *ctx);
@@ -851,9 +853,16 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
             as->slot = NULL;
         }
 
-        /* refused by the shard, or never sent: nothing to undo there */
+        /*
+         * Never sent, or refused by the shard: nothing to undo there,
+         * unless the rules poll carried the write over from another shard
+         * before it arrived (the shard then refuses it as already there).
+         */
 
-        if (!as->sent || (as->answered && !as->written && !as->lost)) {
+        if (!as->sent
+            || (as->answered && !as->written && !as->lost
+                && !ngx_http_ratelimit_admin_holds_write(ctx, as)))
+        {
             continue;
         }
 
@@ -901,6 +910,28 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
     }
 
     ngx_add_timer(&ctx->timer, NGX_HTTP_RATELIMIT_ADMIN_TIMEOUT);
+}
+
+
+/* the value the shard had when the write came is the write itself */
+
+static ngx_uint_t
+ngx_http_ratelimit_admin_holds_write(ngx_http_ratelimit_admin_ctx_t *ctx,
+    ngx_http_ratelimit_admin_shard_t *as)
+{
+    u_char  *p;
+
+    if (as->previous.len != ctx->stamp.len + 1 + ctx->stored.len) {
+        return 0;
+    }
+
+    p = as->previous.data;
+
+    return ngx_memcmp(p, ctx->stamp.data, ctx->stamp.len) == 0
+           && p[ctx->stamp.len] == ' '
+           && ngx_memcmp(p + ctx->stamp.len + 1, ctx->stored.data,
+                         ctx->stored.len)
+              == 0;
 }
 
 
