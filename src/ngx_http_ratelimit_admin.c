@@ -8,10 +8,16 @@
  *   DELETE <location>/<customer id>
  *
  * A change is written to every shard and answered 200 only once every shard
- * holds it; if one cannot take it, the shards that did are put back and the
- * answer is 503, so the old rule stays in force everywhere.  On success the
- * node drops its cached rules and denials at once; other edge nodes see the
- * rules version move at their next poll.
+ * holds it; if one cannot take it, the write is undone on every shard that
+ * took it or may still take it (one that did not answer in time runs the
+ * undo right after the write, on the same connection) and the answer is
+ * 503, so the old rule stays in force everywhere.  On success the node drops
+ * its cached rules and denials at once; other edge nodes see the rules
+ * version move at their next poll.
+ *
+ * The customer id of GET and DELETE is the rest of the URI as the client
+ * sent it, percent-decoded, not nginx's normalised $uri: "a//b", "./a" and
+ * "a/../b" name the customers of those ids, like the ids PUT stores.
  */
 
 
@@ -19,6 +25,9 @@
 #include "ngx_http_ratelimit_scripts.h"
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <yajl/yajl_gen.h>
 
 
@@ -28,6 +37,11 @@
 #define NGX_HTTP_RATELIMIT_ADMIN_RESTORE  1
 #define NGX_HTTP_RATELIMIT_ADMIN_READ     2
 
+/* lua/rules_lib.lua goes in front of every rules script */
+#define ngx_http_ratelimit_rules_script(name)                                 \
+    NGX_HTTP_RATELIMIT_LUA_RULES_LIB name,                                    \
+    sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LIB name) - 1
+
 
 typedef struct ngx_http_ratelimit_admin_ctx_s  ngx_http_ratelimit_admin_ctx_t;
 
@@ -36,9 +50,12 @@ typedef struct {
     ngx_uint_t                          index;
     ngx_http_ratelimit_slot_t          *slot;
     ngx_str_t                           previous;   /* as stored before */
+    unsigned                            sent:1;
     unsigned                            answered:1;
     unsigned                            written:1;
     unsigned                            failed:1;
+    unsigned                            lost:1;     /* connection failed
+                                                       after sending */
 } ngx_http_ratelimit_admin_shard_t;
 
 
@@ -62,8 +79,12 @@ struct ngx_http_ratelimit_admin_ctx_s {
 
 static ngx_int_t ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
     ngx_http_ratelimit_loc_conf_t *rlcf);
+static ngx_int_t ngx_http_ratelimit_admin_path(ngx_http_request_t *r,
+    ngx_str_t *base, ngx_str_t *path);
 static ngx_int_t ngx_http_ratelimit_admin_customer(ngx_http_request_t *r,
     ngx_str_t *rest, rl_rule_t *rule);
+static u_char *ngx_http_ratelimit_admin_escape(ngx_pool_t *pool, u_char *src,
+    size_t len);
 static void ngx_http_ratelimit_admin_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_admin_read_body(ngx_http_request_t *r,
     u_char *buf, size_t *len);
@@ -74,6 +95,8 @@ static ngx_int_t ngx_http_ratelimit_admin_write(
 static void ngx_http_ratelimit_admin_written(void *data, redisReply *reply);
 static void ngx_http_ratelimit_admin_restore(
     ngx_http_ratelimit_admin_ctx_t *ctx);
+static ngx_uint_t ngx_http_ratelimit_admin_holds_write(
+    ngx_http_ratelimit_admin_ctx_t *ctx, ngx_http_ratelimit_admin_shard_t *as);
 static void ngx_http_ratelimit_admin_restored(void *data, redisReply *reply);
 static ngx_int_t ngx_http_ratelimit_admin_read(
     ngx_http_ratelimit_admin_ctx_t *ctx);
@@ -91,6 +114,11 @@ static ngx_int_t ngx_http_ratelimit_admin_rule_json(ngx_http_request_t *r,
 static ngx_int_t ngx_http_ratelimit_admin_deleted_json(ngx_http_request_t *r,
     rl_rule_t *rule, ngx_uint_t existed, ngx_str_t *out);
 static void ngx_http_ratelimit_admin_cleanup(void *data);
+
+
+/* the key admin tokens are compared under, drawn by each worker */
+static u_char      ngx_http_ratelimit_admin_key[32];
+static ngx_uint_t  ngx_http_ratelimit_admin_keyed;
 
 
 ngx_int_t
@@ -133,13 +161,8 @@ ngx_http_ratelimit_admin_handler(ngx_http_request_t *r)
         base.len--;
     }
 
-    rest = r->uri;
-
-    if (rest.len >= base.len
-        && ngx_strncmp(rest.data, base.data, base.len) == 0)
-    {
-        rest.data += base.len;
-        rest.len -= base.len;
+    if (ngx_http_ratelimit_admin_path(r, &base, &rest) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (rest.len && rest.data[0] != '/') {
@@ -251,13 +274,20 @@ ngx_http_ratelimit_admin_handler(ngx_http_request_t *r)
 }
 
 
-/* "Authorization: Bearer <token>", compared in constant time */
+/*
+ * "Authorization: Bearer <token>".  The two are compared as HMAC-SHA-256
+ * digests under a key drawn once per worker: digests of equal length, so
+ * the comparison takes as long whether or not the lengths agree, and the
+ * caller cannot choose the bytes compared.
+ */
 
 static ngx_int_t
 ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
     ngx_http_ratelimit_loc_conf_t *rlcf)
 {
-    ngx_str_t  given, *token;
+    ngx_str_t            given, *token;
+    unsigned int         glen, tlen;
+    u_char               gmac[EVP_MAX_MD_SIZE], tmac[EVP_MAX_MD_SIZE];
 
     token = &rlcf->admin_token;
 
@@ -282,14 +312,92 @@ ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
         given.len--;
     }
 
-    /* the time taken must not tell how much of the token was right */
+    if (!ngx_http_ratelimit_admin_keyed) {
+        if (RAND_bytes(ngx_http_ratelimit_admin_key,
+                       sizeof(ngx_http_ratelimit_admin_key))
+            != 1)
+        {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "ratelimit: no random key to compare admin tokens"
+                          " with: refusing every token");
+            return 0;
+        }
 
-    if (given.len != token->len) {
-        (void) CRYPTO_memcmp(token->data, token->data, token->len);
+        ngx_http_ratelimit_admin_keyed = 1;
+    }
+
+    if (HMAC(EVP_sha256(), ngx_http_ratelimit_admin_key,
+             sizeof(ngx_http_ratelimit_admin_key), given.data, given.len,
+             gmac, &glen)
+        == NULL
+        || HMAC(EVP_sha256(), ngx_http_ratelimit_admin_key,
+                sizeof(ngx_http_ratelimit_admin_key), token->data,
+                token->len, tmac, &tlen)
+           == NULL
+        || glen != tlen)
+    {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "ratelimit: HMAC of an admin token failed");
         return 0;
     }
 
-    return CRYPTO_memcmp(given.data, token->data, token->len) == 0;
+    return CRYPTO_memcmp(gmac, tmac, tlen) == 0;
+}
+
+
+/*
+ * The part of the URI after the location, "" or "/<customer id>".  From the
+ * request line as the client sent it, percent-decoded, so that ids nginx
+ * would normalise ("a//b", "./a", "a/../b") stay the ids they are.  After a
+ * rewrite or an internal redirect, or when the raw URI does not start with
+ * the location's name (the client spelled that part oddly), the URI nginx
+ * matched the location with is all there is.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_path(ngx_http_request_t *r, ngx_str_t *base,
+    ngx_str_t *path)
+{
+    u_char     *src, *dst;
+    ngx_str_t   raw, decoded;
+
+    *path = r->uri;
+
+    if (r->valid_unparsed_uri && !r->internal && r == r->main) {
+        raw = r->unparsed_uri;
+
+        if (r->args_start && r->args_start > raw.data
+            && r->args_start <= raw.data + raw.len)
+        {
+            raw.len = r->args_start - 1 - raw.data;
+        }
+
+        decoded.data = ngx_pnalloc(r->pool, raw.len + 1);
+        if (decoded.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        src = raw.data;
+        dst = decoded.data;
+        ngx_unescape_uri(&dst, &src, raw.len, 0);
+        decoded.len = dst - decoded.data;
+
+        if (decoded.len >= base->len
+            && ngx_strncmp(decoded.data, base->data, base->len) == 0
+            && (decoded.len == base->len || decoded.data[base->len] == '/'))
+        {
+            *path = decoded;
+        }
+    }
+
+    if (path->len >= base->len
+        && ngx_strncmp(path->data, base->data, base->len) == 0)
+    {
+        path->data += base->len;
+        path->len -= base->len;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -540,8 +648,9 @@ ngx_http_ratelimit_admin_write(ngx_http_ratelimit_admin_ctx_t *ctx)
         }
     }
 
-    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_PUT,
-                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_PUT) - 1);
+    ngx_http_ratelimit_rules_eval(argv, argvlen,
+                      ngx_http_ratelimit_rules_script(
+                          NGX_HTTP_RATELIMIT_LUA_RULES_PUT));
     argv[5] = (const char *) ctx->rule.customer_id;
     argvlen[5] = ctx->rule.customer_id_len;
     argv[6] = (const char *) ctx->stamp.data;
@@ -561,6 +670,7 @@ ngx_http_ratelimit_admin_write(ngx_http_ratelimit_admin_ctx_t *ctx)
             continue;
         }
 
+        ctx->shards[i].sent = 1;
         ctx->pending++;
     }
 
@@ -586,6 +696,12 @@ ngx_http_ratelimit_admin_written(void *data, redisReply *reply)
     as->slot = NULL;
     as->answered = 1;
 
+    /* the connection failed: the write may have reached the shard or not */
+
+    if (reply == NULL) {
+        as->lost = 1;
+    }
+
     if (reply == NULL
         || reply->type != REDIS_REPLY_ARRAY
         || reply->elements != 3
@@ -595,9 +711,12 @@ ngx_http_ratelimit_admin_written(void *data, redisReply *reply)
         as->failed = 1;
 
         ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                      "ratelimit: shard %V could not store a rule: %s",
+                      "ratelimit: shard %V could not store the rule of "
+                      "\"%s\": %s",
                       ngx_http_ratelimit_redis_name(
                           ngx_http_ratelimit_redis_conn(as->index)),
+                      ngx_http_ratelimit_admin_escape(ctx->request->pool,
+                          ctx->rule.customer_id, ctx->rule.customer_id_len),
                       reply && reply->type == REDIS_REPLY_ERROR
                       ? reply->str : "no usable answer");
 
@@ -694,24 +813,36 @@ ngx_http_ratelimit_admin_done(ngx_http_ratelimit_admin_ctx_t *ctx)
 }
 
 
-/* the change failed somewhere: put back what the other shards took */
+/*
+ * The change failed somewhere: undo it on every shard that took it, and on
+ * every shard that may still take it: one that did not answer in time runs
+ * the undo right after the write, queued behind it on the same connection,
+ * and one whose connection failed gets the undo on a new one, where it
+ * voids the write should that land later (lua/rules_restore.lua).
+ */
 
 static void
 ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
 {
     const char                        *argv[8];
     size_t                             argvlen[8];
-    ngx_uint_t                         i;
+    ngx_uint_t                         i, unsent, queued;
     ngx_http_ratelimit_admin_shard_t  *as;
 
     ctx->phase = NGX_HTTP_RATELIMIT_ADMIN_RESTORE;
 
-    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE,
-                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE) - 1);
+    ngx_http_ratelimit_rules_eval(argv, argvlen,
+                      ngx_http_ratelimit_rules_script(
+                          NGX_HTTP_RATELIMIT_LUA_RULES_RESTORE));
     argv[5] = (const char *) ctx->rule.customer_id;
     argvlen[5] = ctx->rule.customer_id_len;
     argv[6] = (const char *) ctx->stamp.data;
     argvlen[6] = ctx->stamp.len;
+    argv[7] = (const char *) ctx->stored.data;
+    argvlen[7] = ctx->stored.len;
+
+    unsent = 0;
+    queued = 0;
 
     for (i = 0; i < ctx->nshards; i++) {
         as = &ctx->shards[i];
@@ -722,24 +853,51 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
             as->slot = NULL;
         }
 
-        if (as->failed || !as->answered || !as->written) {
+        /*
+         * Never sent, or refused by the shard: nothing to undo there,
+         * unless the rules poll carried the write over from another shard
+         * before it arrived (the shard then refuses it as already there).
+         */
+
+        if (!as->sent
+            || (as->answered && !as->written && !as->lost
+                && !ngx_http_ratelimit_admin_holds_write(ctx, as)))
+        {
             continue;
         }
-
-        argv[7] = (const char *) as->previous.data;
-        argvlen[7] = as->previous.len;
 
         as->slot = ngx_http_ratelimit_redis_send(
                        ngx_http_ratelimit_redis_conn(i), 8, argv, argvlen,
                        ngx_http_ratelimit_admin_restored, as);
-        if (as->slot) {
-            ctx->pending++;
+        if (as->slot == NULL) {
+            unsent++;
+            continue;
         }
+
+        /*
+         * A shard that let the write time out will not answer the undo in
+         * time either: it runs when the shard does, and the answer need not
+         * wait for it.
+         */
+
+        if (!as->answered) {
+            ngx_http_ratelimit_redis_detach(as->slot);
+            as->slot = NULL;
+            queued++;
+            continue;
+        }
+
+        ctx->pending++;
     }
 
     ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
-                  "ratelimit: a rule change failed on a shard, "
-                  "undoing it on %ui others", ctx->pending);
+                  "ratelimit: a change of the rule of \"%s\" failed on a "
+                  "shard, undoing it on %ui shards%s",
+                  ngx_http_ratelimit_admin_escape(ctx->request->pool,
+                      ctx->rule.customer_id, ctx->rule.customer_id_len),
+                  ctx->pending + queued,
+                  unsent ? "; some could not be sent the undo, the rules "
+                           "poll will carry it to them" : "");
 
     if (ctx->pending == 0) {
         ngx_http_ratelimit_admin_finish(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -755,6 +913,28 @@ ngx_http_ratelimit_admin_restore(ngx_http_ratelimit_admin_ctx_t *ctx)
 }
 
 
+/* the value the shard had when the write came is the write itself */
+
+static ngx_uint_t
+ngx_http_ratelimit_admin_holds_write(ngx_http_ratelimit_admin_ctx_t *ctx,
+    ngx_http_ratelimit_admin_shard_t *as)
+{
+    u_char  *p;
+
+    if (as->previous.len != ctx->stamp.len + 1 + ctx->stored.len) {
+        return 0;
+    }
+
+    p = as->previous.data;
+
+    return ngx_memcmp(p, ctx->stamp.data, ctx->stamp.len) == 0
+           && p[ctx->stamp.len] == ' '
+           && ngx_memcmp(p + ctx->stamp.len + 1, ctx->stored.data,
+                         ctx->stored.len)
+              == 0;
+}
+
+
 static void
 ngx_http_ratelimit_admin_restored(void *data, redisReply *reply)
 {
@@ -767,11 +947,13 @@ ngx_http_ratelimit_admin_restored(void *data, redisReply *reply)
 
     if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
         ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                      "ratelimit: shard %V could not undo a failed rule "
-                      "change of \"%*s\"; the rules poll will sync it",
+                      "ratelimit: shard %V could not undo a failed change "
+                      "of the rule of \"%s\"; the rules poll will carry "
+                      "the undo to it",
                       ngx_http_ratelimit_redis_name(
                           ngx_http_ratelimit_redis_conn(as->index)),
-                      ctx->rule.customer_id_len, ctx->rule.customer_id);
+                      ngx_http_ratelimit_admin_escape(ctx->request->pool,
+                          ctx->rule.customer_id, ctx->rule.customer_id_len));
     }
 
     if (--ctx->pending == 0) {
@@ -895,7 +1077,10 @@ ngx_http_ratelimit_admin_timeout(ngx_event_t *ev)
     ngx_uint_t  i;
 
     ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
-                  "ratelimit: admin request timed out waiting for shards");
+                  "ratelimit: admin request for the rule of \"%s\" timed "
+                  "out waiting for shards",
+                  ngx_http_ratelimit_admin_escape(ctx->request->pool,
+                      ctx->rule.customer_id, ctx->rule.customer_id_len));
 
     for (i = 0; i < ctx->nshards; i++) {
         if (ctx->shards[i].slot) {
@@ -1093,6 +1278,47 @@ done:
     yajl_gen_free(g);
 
     return rc;
+}
+
+
+/*
+ * Caller-supplied bytes fit for a log line, NUL-terminated: every byte but
+ * printable ASCII, and the quote and backslash around them, as "\xHH", so
+ * that an id cannot end the line, start a forged one or drive a terminal.
+ * A constant stands in when the pool is out of memory.
+ */
+
+static u_char *
+ngx_http_ratelimit_admin_escape(ngx_pool_t *pool, u_char *src, size_t len)
+{
+    u_char         *dst, *p;
+    size_t          i;
+    static u_char   hex[] = "0123456789ABCDEF";
+
+    dst = ngx_pnalloc(pool, 4 * len + 1);
+    if (dst == NULL) {
+        return (u_char *) "(out of memory)";
+    }
+
+    p = dst;
+
+    for (i = 0; i < len; i++) {
+        if (src[i] < 0x20 || src[i] >= 0x7f || src[i] == '"'
+            || src[i] == '\\')
+        {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[src[i] >> 4];
+            *p++ = hex[src[i] & 0xf];
+
+        } else {
+            *p++ = src[i];
+        }
+    }
+
+    *p = '\0';
+
+    return dst;
 }
 
 

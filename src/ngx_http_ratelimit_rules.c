@@ -3,15 +3,21 @@
  * Global API rate limiter: per-customer rules kept in Redis.
  *
  * Every shard holds every rule, in the hash "rl:rules" (customer id ->
- * "<stamp> <limit> <window> <algorithm>", or "<stamp> -" once deleted) with
- * a version counter beside it.  So any live shard can tell a customer's
- * rule, and losing a shard loses no rule.
+ * "<stamp> <limit> <window> <algorithm>", "<stamp> -" once deleted, or
+ * "<stamp> ~<body>" once a failed write was undone) with a version counter
+ * and a digest of the hash beside it.  So any live shard can tell a
+ * customer's rule, and losing a shard loses no rule.
  *
- * Each edge node polls the shards' versions a few times a second (one
- * worker does it for the node): a version that moved means a rule changed
- * somewhere, and the node's rule and deny caches are dropped.  A shard that
- * lags behind (added to the ring, restarted empty, down during a change) is
- * brought up to date from the shard with the highest version.
+ * Each edge node polls the shards' versions and digests a few times a
+ * second (one worker does it for the node): a highest version that moved
+ * means a rule changed somewhere, and the node's rule and deny caches are
+ * dropped.  A shard that lags behind (added to the ring, restarted empty,
+ * down during a change) or whose rules differ from those of the shard with
+ * the highest version (a write that landed after its undo was given up on)
+ * is merged with that shard's rules.  A merge that writes anything moves
+ * the highest version on (lua/rules_load.lua), so every node drops what it
+ * may have read from the shard while it lagged, and what only the merged
+ * shard held travels on at the next poll.
  */
 
 
@@ -22,6 +28,14 @@
 #define NGX_HTTP_RATELIMIT_POLL_INTERVAL  250
 #define NGX_HTTP_RATELIMIT_POLL_TIMEOUT   1000
 
+/* lua/rules_lib.lua goes in front of every rules script */
+#define ngx_http_ratelimit_rules_script(name)                                 \
+    NGX_HTTP_RATELIMIT_LUA_RULES_LIB name,                                    \
+    sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LIB name) - 1
+
+/* 32 hex digits; an empty one: none stored yet */
+#define NGX_HTTP_RATELIMIT_DIGEST_LEN     32
+
 
 typedef struct ngx_http_ratelimit_poller_s  ngx_http_ratelimit_poller_t;
 
@@ -30,6 +44,8 @@ typedef struct {
     ngx_uint_t                          index;
     ngx_http_ratelimit_slot_t          *slot;
     long long                           version;    /* -1: unknown */
+    size_t                              digest_len;
+    u_char                              digest[NGX_HTTP_RATELIMIT_DIGEST_LEN];
 } ngx_http_ratelimit_poll_shard_t;
 
 
@@ -52,6 +68,9 @@ static void ngx_http_ratelimit_poll_abandon(
     ngx_http_ratelimit_poller_t *poller);
 static void ngx_http_ratelimit_sync_dump(void *data, redisReply *reply);
 static void ngx_http_ratelimit_sync_loaded(void *data, redisReply *reply);
+static ngx_uint_t ngx_http_ratelimit_poll_behind(
+    ngx_http_ratelimit_poll_shard_t *ps, long long version, u_char *digest,
+    size_t digest_len);
 
 
 static ngx_http_ratelimit_poller_t  ngx_http_ratelimit_poller;
@@ -120,6 +139,12 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
     }
 
     ngx_memzero(rule, sizeof(ngx_http_ratelimit_rule_t));
+
+    /* an undone write: the rule in force is the one it undid back to */
+
+    if (p < last && *p == '~') {
+        p++;
+    }
 
     if (last - p == 1 && *p == '-') {
         return NGX_DECLINED;
@@ -235,8 +260,8 @@ ngx_http_ratelimit_poll(ngx_event_t *ev)
 {
     ngx_http_ratelimit_poller_t *poller = &ngx_http_ratelimit_poller;
 
-    const char                  *argv[2];
-    size_t                       argvlen[2];
+    const char                  *argv[3];
+    size_t                       argvlen[3];
     ngx_uint_t                   i;
     ngx_msec_t                   now;
     ngx_atomic_uint_t            last;
@@ -277,13 +302,16 @@ ngx_http_ratelimit_poll(ngx_event_t *ev)
 
     poller->started = now;
 
-    argv[0] = "GET";
-    argvlen[0] = 3;
+    argv[0] = "MGET";
+    argvlen[0] = 4;
     argv[1] = NGX_HTTP_RATELIMIT_RULES_VERSION;
     argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+    argv[2] = NGX_HTTP_RATELIMIT_RULES_KEY ":digest";
+    argvlen[2] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY ":digest") - 1;
 
     for (i = 0; i < poller->nshards; i++) {
         poller->shards[i].version = -1;
+        poller->shards[i].digest_len = 0;
         poller->shards[i].slot = NULL;
 
         h = &poller->zone->ring->health[i];
@@ -296,7 +324,7 @@ ngx_http_ratelimit_poll(ngx_event_t *ev)
 
         conn = ngx_http_ratelimit_redis_conn(i);
 
-        poller->shards[i].slot = ngx_http_ratelimit_redis_send(conn, 2, argv,
+        poller->shards[i].slot = ngx_http_ratelimit_redis_send(conn, 3, argv,
                                            argvlen,
                                            ngx_http_ratelimit_poll_reply,
                                            &poller->shards[i]);
@@ -316,16 +344,31 @@ ngx_http_ratelimit_poll_reply(void *data, redisReply *reply)
 {
     ngx_http_ratelimit_poll_shard_t *ps = data;
 
+    redisReply                   *v, *d;
     ngx_http_ratelimit_poller_t  *poller;
 
     poller = ps->poller;
     ps->slot = NULL;
 
-    if (reply && reply->type == REDIS_REPLY_NIL) {
-        ps->version = 0;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        v = reply->element[0];
+        d = reply->element[1];
 
-    } else if (reply && reply->type == REDIS_REPLY_STRING) {
-        ps->version = ngx_atoof((u_char *) reply->str, reply->len);
+        if (v->type == REDIS_REPLY_NIL) {
+            ps->version = 0;
+
+        } else if (v->type == REDIS_REPLY_STRING) {
+            ps->version = ngx_atoof((u_char *) v->str, v->len);
+        }
+
+        /* none yet, or not one of ours: differs from any real one */
+
+        if (d->type == REDIS_REPLY_STRING
+            && d->len == NGX_HTTP_RATELIMIT_DIGEST_LEN)
+        {
+            ngx_memcpy(ps->digest, d->str, NGX_HTTP_RATELIMIT_DIGEST_LEN);
+            ps->digest_len = NGX_HTTP_RATELIMIT_DIGEST_LEN;
+        }
     }
 
     if (--poller->pending == 0) {
@@ -336,7 +379,8 @@ ngx_http_ratelimit_poll_reply(void *data, redisReply *reply)
 
 /*
  * Every shard that could answer did: a new highest version means a rule
- * changed on some edge node; shards below it are brought up to date.
+ * changed on some edge node; shards below it, or whose rules differ from
+ * those of the shard at it, are merged with that shard's rules.
  */
 
 static void
@@ -374,8 +418,9 @@ ngx_http_ratelimit_poll_done(ngx_http_ratelimit_poller_t *poller)
     }
 
     for (i = 0; i < poller->nshards; i++) {
-        if (poller->shards[i].version >= 0
-            && poller->shards[i].version < highest)
+        if (ngx_http_ratelimit_poll_behind(&poller->shards[i], highest,
+                                           poller->shards[source].digest,
+                                           poller->shards[source].digest_len))
         {
             lagging++;
         }
@@ -385,8 +430,9 @@ ngx_http_ratelimit_poll_done(ngx_http_ratelimit_poller_t *poller)
         return;
     }
 
-    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_DUMP,
-                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_DUMP) - 1);
+    ngx_http_ratelimit_rules_eval(argv, argvlen,
+                      ngx_http_ratelimit_rules_script(
+                          NGX_HTTP_RATELIMIT_LUA_RULES_DUMP));
 
     poller->started = ngx_current_msec;
     poller->dump_slot = ngx_http_ratelimit_redis_send(
@@ -405,6 +451,7 @@ ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
     u_char                     *p;
     size_t                     *argvlen, n, j;
     long long                   version;
+    redisReply                 *digest;
     ngx_uint_t                  i;
     const char                **argv;
     u_char                      vbuf[NGX_INT64_LEN];
@@ -412,7 +459,7 @@ ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
     poller->dump_slot = NULL;
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
-        || reply->elements == 0 || reply->elements % 2 != 1
+        || reply->elements < 2 || reply->elements % 2 != 0
         || reply->element[0]->type != REDIS_REPLY_INTEGER)
     {
         ngx_log_error(NGX_LOG_WARN, poller->log, 0,
@@ -429,10 +476,11 @@ ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
     }
 
     version = reply->element[0]->integer;
+    digest = reply->element[1];
 
-    /* EVAL body 2 key key version id value ... */
+    /* EVAL body 2 key key version digest id value ... */
 
-    n = 6 + reply->elements - 1;
+    n = 5 + reply->elements;
 
     argv = ngx_alloc(n * sizeof(char *), poller->log);
     argvlen = ngx_alloc(n * sizeof(size_t), poller->log);
@@ -443,8 +491,9 @@ ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
 
     p = ngx_sprintf(vbuf, "%L", version);
 
-    ngx_http_ratelimit_rules_eval(argv, argvlen, NGX_HTTP_RATELIMIT_LUA_RULES_LOAD,
-                                  sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LOAD) - 1);
+    ngx_http_ratelimit_rules_eval(argv, argvlen,
+                      ngx_http_ratelimit_rules_script(
+                          NGX_HTTP_RATELIMIT_LUA_RULES_LOAD));
     argv[5] = (const char *) vbuf;
     argvlen[5] = p - vbuf;
 
@@ -454,19 +503,22 @@ ngx_http_ratelimit_sync_dump(void *data, redisReply *reply)
     }
 
     for (i = 0; i < poller->nshards; i++) {
-        if (poller->shards[i].version < 0
-            || poller->shards[i].version >= version)
+        if (!ngx_http_ratelimit_poll_behind(&poller->shards[i], version,
+                                            (u_char *) digest->str,
+                                            digest->len))
         {
             continue;
         }
 
         ngx_log_error(NGX_LOG_NOTICE, poller->log, 0,
-                      "ratelimit: shard %V has rules version %L of %L, "
-                      "syncing %uz rules",
+                      "ratelimit: shard %V has rules version %L of %L%s, "
+                      "merging %uz rules into it",
                       ngx_http_ratelimit_redis_name(
                           ngx_http_ratelimit_redis_conn(i)),
                       poller->shards[i].version, version,
-                      (reply->elements - 1) / 2);
+                      poller->shards[i].version >= version
+                      ? " with different rules" : "",
+                      (reply->elements - 2) / 2);
 
         /* formatted into the output buffer now: the reply may go after */
 
@@ -498,7 +550,43 @@ ngx_http_ratelimit_sync_loaded(void *data, redisReply *reply)
                       "ratelimit: syncing rules to a shard failed: %s",
                       reply && reply->type == REDIS_REPLY_ERROR
                       ? reply->str : "no answer");
+        return;
     }
+
+    /*
+     * The shard answered from fewer rules until now: what this node cached
+     * from it ("no rule" for a customer it lacked) goes at once; the other
+     * nodes drop theirs when they see the version the load moved on.
+     */
+
+    if (reply->integer > 0) {
+        ngx_http_ratelimit_cache_invalidate(poller->zone);
+    }
+}
+
+
+/* the shard is below "version", or may hold other rules than the source */
+
+static ngx_uint_t
+ngx_http_ratelimit_poll_behind(ngx_http_ratelimit_poll_shard_t *ps,
+    long long version, u_char *digest, size_t digest_len)
+{
+    if (ps->version < 0) {
+        return 0;
+    }
+
+    /*
+     * No digest: the rules were stored by an older module, or by hand, and
+     * nothing tells whether they agree with the others.  The merge makes
+     * one, so this happens once.
+     */
+
+    if (ps->version < version || ps->digest_len == 0) {
+        return 1;
+    }
+
+    return ps->digest_len != digest_len
+           || ngx_memcmp(ps->digest, digest, digest_len) != 0;
 }
 
 

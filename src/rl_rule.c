@@ -84,7 +84,9 @@ rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
 {
     int             rc;
     char            text[RL_RULE_MAX_BODY + 1], errbuf[128];
+    size_t          i;
     yajl_val        root;
+    unsigned char   c;
     rl_rule_t       r;
     rl_rule_scan_t  scan;
 
@@ -97,11 +99,23 @@ rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
         return rl_rule_fail(err, NULL, "malformed JSON: the body is empty");
     }
 
-    /* the tree parser takes a C string: a NUL would end the body early */
+    /*
+     * RFC 8259 allows no control character but tab, LF and CR anywhere:
+     * not as whitespace between tokens (yajl takes form feed and vertical
+     * tab there) nor raw inside a string.  A NUL would also end the body
+     * early for the tree parser, which takes a C string.
+     */
 
-    if (memchr(body, '\0', len) != NULL) {
-        return rl_rule_fail(err, NULL,
-                            "malformed JSON: a NUL byte in the body");
+    for (i = 0; i < len; i++) {
+        c = (unsigned char) body[i];
+
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+            return rl_rule_fail(err, NULL,
+                                "malformed JSON: control character 0x%02x at"
+                                " offset %lu (only space, tab, CR and LF may"
+                                " separate tokens)",
+                                c, (unsigned long) i);
+        }
     }
 
     /*
@@ -143,7 +157,7 @@ int
 rl_rule_check_customer_id(const unsigned char *id, size_t len,
     rl_rule_error_t *err)
 {
-    size_t  i, n;
+    size_t  i, n, end, depth;
 
     if (len == 0 || len > RL_RULE_MAX_CUSTOMER_ID) {
         return rl_rule_fail(err, "customer_id",
@@ -168,6 +182,37 @@ rl_rule_check_customer_id(const unsigned char *id, size_t len,
                                 "customer_id must be valid UTF-8"
                                 " (byte 0x%02x at offset %lu)",
                                 id[i], (unsigned long) i);
+        }
+    }
+
+    /*
+     * The id is the URI path after "<admin location>/".  nginx resolves
+     * ".." segments before it picks a location, so an id whose ".." climb
+     * above its own start ("..", "../x", "a/../..") takes any request
+     * naming it out of the admin location: nothing could read or delete it.
+     */
+
+    depth = 0;
+
+    for (i = 0; i <= len; i = end + 1) {
+        end = i;
+
+        while (end < len && id[end] != '/') {
+            end++;
+        }
+
+        if (end - i == 2 && id[i] == '.' && id[i + 1] == '.') {
+            if (depth == 0) {
+                return rl_rule_fail(err, "customer_id",
+                                    "customer_id must not climb above itself"
+                                    " with \"..\" segments: a request for it"
+                                    " would leave the admin location");
+            }
+
+            depth--;
+
+        } else if (end - i != 0 && !(end - i == 1 && id[i] == '.')) {
+            depth++;
         }
     }
 
@@ -537,6 +582,7 @@ rl_rule_scan(const char *body, size_t len, rl_rule_scan_t *scan,
     rl_rule_error_t *err)
 {
     int                    rc;
+    size_t                 rest;
     yajl_handle            h;
     yajl_status            status;
     unsigned char         *text;
@@ -561,15 +607,37 @@ rl_rule_scan(const char *body, size_t len, rl_rule_scan_t *scan,
         return rl_rule_fail(err, NULL, "cannot parse the body: out of memory");
     }
 
+    /*
+     * Without this yajl lexes on after the value, but takes an unfinished
+     * token there ('{...} "lim') for the end of the text.  With it, it stops
+     * right after the value and says where: only whitespace may follow.
+     */
+
+    yajl_config(h, yajl_allow_trailing_garbage, 1);
+
     status = yajl_parse(h, (const unsigned char *) body, len);
 
+    rest = len;
+
     if (status == yajl_status_ok) {
+        rest = yajl_get_bytes_consumed(h);
+
+        while (rest < len && (body[rest] == ' ' || body[rest] == '\t'
+                              || body[rest] == '\n' || body[rest] == '\r'))
+        {
+            rest++;
+        }
+
         status = yajl_complete_parse(h);
     }
 
     rc = 0;
 
-    if (status != yajl_status_ok) {
+    if (rest < len) {
+        rc = rl_rule_fail(err, NULL, "malformed JSON: bytes after the end"
+                          " of the object (offset %lu)", (unsigned long) rest);
+
+    } else if (status != yajl_status_ok) {
         text = yajl_get_error(h, 0, NULL, 0);
 
         rc = rl_rule_fail_yajl(err, "malformed JSON: ",

@@ -49,16 +49,18 @@ typedef struct {
 
 /*
  * 0 and *rule filled, or -1 and *err says why; never both partly.  Bodies
- * over RL_RULE_MAX_BODY are refused as a whole.  Strict JSON: no comments,
- * nothing after the object.
+ * over RL_RULE_MAX_BODY are refused as a whole.  Strict JSON (RFC 8259): no
+ * comments, no control characters but tab, CR and LF, nothing but
+ * whitespace after the object.
  */
 int rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
     rl_rule_error_t *err);
 
 /*
  * 1..256 bytes, no control characters (0x00-0x1f, 0x7f), valid UTF-8
- * (no overlong forms, no surrogates): 0, else -1 with err (field
- * "customer_id").
+ * (no overlong forms, no surrogates), and no ".." segment that climbs above
+ * the id's start ("..", "../x"), which no request URI can name: 0, else -1
+ * with err (field "customer_id").
  */
 int rl_rule_check_customer_id(const unsigned char *id, size_t len,
     rl_rule_error_t *err);

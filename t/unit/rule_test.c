@@ -268,10 +268,10 @@ test_malformed(void)
 
     bad_len("{\"customer_id\":\"acme\",\"limit\":100,\"window\":60}\0",
             sizeof("{\"customer_id\":\"acme\",\"limit\":100,\"window\":60}"),
-            NULL, "NUL", "a raw NUL byte after the object");
+            NULL, "control character 0x00", "a raw NUL byte after the object");
     bad_len("{\"customer_id\":\"ac\0me\",\"limit\":100,\"window\":60}",
             sizeof("{\"customer_id\":\"ac\0me\",\"limit\":100,\"window\":60}")
-            - 1, NULL, "NUL", "a raw NUL byte in a string");
+            - 1, NULL, "control character 0x00", "a raw NUL byte in a string");
 
     /* the body's own length counts, not where a NUL might be */
 
@@ -282,6 +282,52 @@ test_malformed(void)
     memcpy(body, RULE, strlen(RULE));
     bad_len(body, RL_RULE_MAX_BODY + 1, NULL, "over 4096 bytes",
             "a body of 4097 bytes");
+}
+
+
+/*
+ * RFC 8259: only space, tab, LF and CR separate tokens, and nothing but
+ * whitespace follows the value.  yajl alone takes form feed and vertical
+ * tab as whitespace, and an unfinished token after the object for its end.
+ */
+
+static void
+test_strict_json(void)
+{
+    size_t       i;
+    char         body[256], title[128];
+    static const char  *after[] = {
+        " \"lim", " \"", " \"a\\", " 5", " 1e", " t", " nul", " -",
+        "\"x\"", " {", " [", " }", " ,", " \"x\":1",
+    };
+
+    bad("{\"customer_id\": \"x\", \"limit\": 1, \"window\": 60} \"lim",
+        NULL, "bytes after the end of the object",
+        "an unfinished string after the object (issue 7, item 12)");
+
+    for (i = 0; i < sizeof(after) / sizeof(after[0]); i++) {
+        snprintf(body, sizeof(body), "%s%s", RULE, after[i]);
+        snprintf(title, sizeof(title), "'%s' after the object", after[i]);
+        bad(body, NULL, "bytes after the end of the object", title);
+    }
+
+    bad("{\"customer_id\": \"x\",\f\"limit\": 1, \"window\": 60}",
+        NULL, "control character 0x0c at offset 20",
+        "a form feed between tokens");
+    bad("{\"customer_id\": \"x\",\v\"limit\": 1, \"window\": 60}",
+        NULL, "control character 0x0b at offset 20",
+        "a vertical tab between tokens");
+    bad(RULE "\f", NULL, "control character 0x0c", "a form feed after");
+    bad("\v" RULE, NULL, "control character 0x0b", "a vertical tab before");
+
+    good(" \t\r\n" RULE " \t\r\n", "acme", 100, 60,
+         RL_RULE_ALGORITHM_NONE,
+         "{\"customer_id\":\"acme\",\"limit\":100,\"window\":60}\n",
+         "space, tab, CR and LF around the object");
+    good("{\"customer_id\":\"a}\\\"\",\"limit\":100,\"window\":60}\n",
+         "a}\"", 100, 60, RL_RULE_ALGORITHM_NONE,
+         "{\"customer_id\":\"a}\\\"\",\"limit\":100,\"window\":60}\n",
+         "a brace and a quote inside a string");
 }
 
 
@@ -720,6 +766,21 @@ test_check_customer_id(void)
         { "\xed\x9f\xbf\xee\x80\x80",
           "U+D7FF and U+E000, around the surrogates" },
         { "\xc2\x80", "U+0080" },
+        { "a//b", "an empty segment" },
+        { "/a", "a leading slash" },
+        { "a/", "a trailing slash" },
+        { "./a", "a \".\" segment" },
+        { ".", "only \".\"" },
+        { "a/../b", "a \"..\" that stays inside" },
+        { "a/b/../../c", "two \"..\" that stay inside" },
+        { "...", "three dots" },
+        { "..a", "a name starting with two dots" },
+    }, climbing[] = {
+        { "..", "only \"..\"" },
+        { "../a", "a leading \"..\"" },
+        { "a/../..", "a \"..\" too many" },
+        { "./..", "\"..\" after \".\"" },
+        { "a//../..", "\"..\" after an empty segment" },
     }, invalid[] = {
         { "\x80", "a lone continuation byte" },
         { "a\xbf", "a continuation byte after ASCII" },
@@ -746,6 +807,19 @@ test_check_customer_id(void)
         ok(rl_rule_check_customer_id((const unsigned char *) valid[i].id,
                                      strlen(valid[i].id), &err) == 0
            && untouched(&err, sizeof(err)), title);
+    }
+
+    /* a request for these would leave the admin location (issue 7, 12) */
+
+    for (i = 0; i < sizeof(climbing) / sizeof(climbing[0]); i++) {
+        memset(&err, SENTINEL, sizeof(err));
+        snprintf(title, sizeof(title), "customer id check refuses %s",
+                 climbing[i].name);
+        ok(rl_rule_check_customer_id((const unsigned char *) climbing[i].id,
+                                     strlen(climbing[i].id), &err) == -1
+           && same_field(err.field, "customer_id")
+           && strstr(err.message, "must not climb above itself")
+           && sane_message(&err), title);
     }
 
     for (i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
@@ -1029,6 +1103,7 @@ int
 main(void)
 {
     test_malformed();
+    test_strict_json();
     test_not_object();
     test_fields();
     test_limit();
