@@ -133,6 +133,14 @@ static ngx_msec_t  ngx_http_ratelimit_logged_at;
  * in the shard's own clock.
  */
 static int64_t    *ngx_http_ratelimit_clock_offsets;
+
+/*
+ * Set while this worker drops the connection to a stalled shard: the shard
+ * may yet wake up and run the checks it has been sent, each up to its
+ * deadline, so those requests wait out their own timeout rather than take
+ * the fail path early and still be counted.
+ */
+static ngx_uint_t  ngx_http_ratelimit_dropping_stalled;
 static ngx_uint_t  ngx_http_ratelimit_nclocks;
 
 
@@ -687,6 +695,11 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
     r = ctx->request;
 
     if (reply == NULL) {
+
+        if (ngx_http_ratelimit_dropping_stalled && ctx->timer.timer_set) {
+            return;
+        }
+
         ngx_http_ratelimit_resume(ctx,
                  ngx_http_ratelimit_failed(ctx, "connection to shard lost"));
         return;
@@ -788,7 +801,9 @@ ngx_http_ratelimit_timeout(ngx_event_t *ev)
     ngx_http_ratelimit_resume(ctx, rc);
 
     if (stuck) {
+        ngx_http_ratelimit_dropping_stalled = 1;
         ngx_http_ratelimit_redis_fail(conn, "timed out");
+        ngx_http_ratelimit_dropping_stalled = 0;
     }
 }
 
