@@ -11,9 +11,10 @@ package RLTest::FakeRedis;
 #   RLTest::FakeRedis->start(mode => 'endless_bulk', stream_for => 4)
 #       answers "$999999999\r\n" and then streams bytes as fast as the peer
 #       takes them, for at most stream_for seconds per connection
-#   RLTest::FakeRedis->start(mode => 'slow', delay => 0.7)
+#   RLTest::FakeRedis->start(mode => 'slow', delay => 0.25)
 #       answers every command correctly (a check allowed, no rule, OK),
-#       each one delay seconds after it arrived
+#       one at a time, each taking delay seconds, like a single-threaded
+#       server that became slow: it answers, only later and later
 
 use strict;
 use warnings;
@@ -84,6 +85,20 @@ sub events {
 sub count {
     my ($self, $event) = @_;
     return scalar grep { $_->[1] eq $event } @{ $self->events };
+}
+
+# the most commands one connection had sent without an answer
+sub max_backlog {
+    my ($self) = @_;
+    my (%backlog, $max);
+    $max = 0;
+    for my $ev (@{ $self->events }) {
+        my ($what, $id) = @$ev[1, 2];
+        $backlog{$id}++ if $what eq 'cmd';
+        $backlog{$id}-- if $what eq 'reply';
+        $max = $backlog{$id} if $what eq 'cmd' && $backlog{$id} > $max;
+    }
+    return $max;
 }
 
 sub stop {
@@ -212,7 +227,10 @@ sub on_command {
         my $reply = $cmd =~ /^EVAL/ ? "*4\r\n:1\r\n:9\r\n:0\r\n:1000\r\n"
                   : $cmd =~ /^H?GET$/ ? "\$-1\r\n"
                   : "+OK\r\n";
-        push @{ $c->{replies} }, [$now + $self->{delay}, $reply];
+        my $start = $c->{busy_until} && $c->{busy_until} > $now
+                  ? $c->{busy_until} : $now;
+        $c->{busy_until} = $start + $self->{delay};
+        push @{ $c->{replies} }, [$c->{busy_until}, $reply];
     }
 }
 
