@@ -201,9 +201,10 @@ typedef void (*ngx_http_ratelimit_reply_pt)(void *data, redisReply *reply);
  * unsent bytes (a shard slower than its callers), without calling back.
  *
  * detach(): the owner of a slot is gone.  A command not yet written is
- * withdrawn (the shard never sees it, the slot is reused at once); one
- * already written is answered later and the answer dropped.  Either way the
- * handler is never called, and the slot must not be used again.
+ * withdrawn (the shard never sees it, the slot is reused at once): NGX_OK.
+ * One already written, even in part, is answered later and the answer
+ * dropped: NGX_DECLINED, the shard may still run it.  Either way the handler
+ * is never called, and the slot must not be used again.
  *
  * stuck(): the shard is slower than "timeout": the oldest command it owes
  * an answer was queued that long ago, or connecting took that long.  Then
@@ -220,7 +221,7 @@ ngx_http_ratelimit_conn_t *ngx_http_ratelimit_redis_conn(ngx_uint_t shard);
 ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_send(
     ngx_http_ratelimit_conn_t *conn, int argc, const char **argv,
     const size_t *argvlen, ngx_http_ratelimit_reply_pt handler, void *data);
-void ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot);
+ngx_int_t ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot);
 void ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
     const char *reason);
 ngx_uint_t ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,

@@ -367,11 +367,12 @@ ngx_http_ratelimit_redis_send(ngx_http_ratelimit_conn_t *conn, int argc,
 /*
  * The owner of a command is gone.  A command not written yet, not even in
  * part, is taken out of the output buffer: its check already took its fail
- * path and must count nothing.  One already written is answered later; the
- * answer is read and dropped.
+ * path and must count nothing (NGX_OK).  One already written is answered
+ * later; the answer is read and dropped (NGX_DECLINED: the shard may still
+ * run it).
  */
 
-void
+ngx_int_t
 ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
 {
     size_t                      pos;
@@ -380,7 +381,7 @@ ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
     ngx_http_ratelimit_conn_t  *conn;
 
     if (slot == NULL) {
-        return;
+        return NGX_DECLINED;
     }
 
     slot->handler = NULL;
@@ -391,7 +392,7 @@ ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
     /* closing the connection moves out_offset past all it discarded */
 
     if (slot->start < conn->out_offset + (off_t) conn->out_sent) {
-        return;
+        return NGX_DECLINED;
     }
 
     pos = (size_t) (slot->start - conn->out_offset);
@@ -417,6 +418,8 @@ ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->log, 0,
                    "ratelimit: command of %uz bytes to shard %V withdrawn",
                    slot->len, &conn->shard->name);
+
+    return NGX_OK;
 }
 
 
