@@ -29,7 +29,12 @@
 /* a drained output buffer larger than this is given back after a burst */
 #define NGX_HTTP_RATELIMIT_OUT_KEEP      65536
 
-/* unsent bytes a connection may hold before new commands are refused */
+/*
+ * Unsent bytes a connection may hold before new commands are refused, not
+ * counting commands larger than this: the rules load that syncs a lagging
+ * shard is one such, rare, and must not make every check fail while it is
+ * written.
+ */
 #define NGX_HTTP_RATELIMIT_OUT_MAX       (1024 * 1024)
 
 /* one command: the largest is the rules load, as large as the rules dump */
@@ -91,6 +96,8 @@ struct ngx_http_ratelimit_conn_s {
     size_t                             out_sent;
     size_t                             out_len;
     off_t                              out_offset;
+    size_t                             out_large;  /* unsent, of commands
+                                                      over OUT_MAX */
     ngx_event_t                        flush;
 
     ngx_queue_t                        waiting;
@@ -323,6 +330,7 @@ ngx_http_ratelimit_redis_send(ngx_http_ratelimit_conn_t *conn, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_ratelimit_reply_pt handler, void *data)
 {
+    size_t                      unsent;
     ngx_http_ratelimit_slot_t  *slot;
 
     if (conn == NULL) {
@@ -339,7 +347,10 @@ ngx_http_ratelimit_redis_send(ngx_http_ratelimit_conn_t *conn, int argc,
         return NULL;
     }
 
-    if (conn->out_len - conn->out_sent >= NGX_HTTP_RATELIMIT_OUT_MAX) {
+    unsent = conn->out_len - conn->out_sent;
+    unsent -= ngx_min(unsent, conn->out_large);
+
+    if (unsent >= NGX_HTTP_RATELIMIT_OUT_MAX) {
         ngx_http_ratelimit_redis_refuse(conn, "too many bytes unsent");
         return NULL;
     }
@@ -409,6 +420,10 @@ ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
     {
         next = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
         next->start -= slot->len;
+    }
+
+    if (slot->len > NGX_HTTP_RATELIMIT_OUT_MAX) {
+        conn->out_large -= ngx_min(slot->len, conn->out_large);
     }
 
     ngx_queue_remove(&slot->queue);
@@ -601,6 +616,7 @@ ngx_http_ratelimit_redis_close(ngx_http_ratelimit_conn_t *conn)
     conn->out_offset += conn->out_len;
     conn->out_sent = 0;
     conn->out_len = 0;
+    conn->out_large = 0;
     conn->state = NGX_HTTP_RATELIMIT_DISCONNECTED;
     conn->generation++;
 }
@@ -691,6 +707,10 @@ ngx_http_ratelimit_redis_queue(ngx_http_ratelimit_conn_t *conn, int argc,
     ngx_memcpy(conn->out + conn->out_len, cmd, len);
     conn->out_len += len;
 
+    if (len > NGX_HTTP_RATELIMIT_OUT_MAX) {
+        conn->out_large += len;
+    }
+
     redisFreeCommand(cmd);
 
     ngx_queue_insert_tail(&conn->waiting, &slot->queue);
@@ -768,6 +788,7 @@ ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn)
     conn->out_offset += conn->out_len;
     conn->out_sent = 0;
     conn->out_len = 0;
+    conn->out_large = 0;
 
     /* a burst to a slow shard may have grown the buffer: give it back */
 
@@ -1007,12 +1028,16 @@ ngx_http_ratelimit_reply_charge(const redisReadTask *task, size_t bytes)
 {
     ngx_http_ratelimit_conn_t  *conn = task->privdata;
 
+    /* the values counted are those inside the reply, as an array counts */
+
     if (task->parent == NULL) {
         conn->reply_values = 0;
         conn->reply_bytes = 0;
+
+    } else {
+        conn->reply_values++;
     }
 
-    conn->reply_values++;
     conn->reply_bytes += sizeof(redisReply) + bytes;
 
     if (conn->reply_values > NGX_HTTP_RATELIMIT_REPLY_VALUES) {

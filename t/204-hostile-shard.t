@@ -14,6 +14,7 @@ use lib 't/lib';
 use RLTest qw(ratelimit_http);
 use RLTest::FakeRedis;
 use RLTest::Nginx;
+use RLTest::Redis;
 
 my $locations = <<'EOF';
     server {
@@ -145,6 +146,43 @@ subtest 'a reply announcing 2^31 elements' => sub {
 subtest 'a bulk string of a gigabyte, streamed' => sub {
     hostile(mode => 'endless_bulk',
             log  => qr/shard 127\.0\.0\.1:\d+ sent an unfinished value of over \d+ bytes, failing the shard/);
+};
+
+subtest 'the largest legitimate reply still passes: a dump of 100000 rules' => sub {
+    my $full = RLTest::Redis->start;
+    my $empty = RLTest::Redis->start;
+
+    # customer ids of the longest length the admin endpoint accepts
+    $full->cli('EVAL', <<'LUA', 2, 'rl:rules', 'rl:rules:version');
+for i = 1, 100000 do
+    local id = string.rep('c', 250) .. string.format('%06d', i)
+    redis.call('HSET', KEYS[1], id, '1700000000000001 10 60 0')
+end
+redis.call('SET', KEYS[2], 100000)
+return 1
+LUA
+    is $full->cli('HLEN', 'rl:rules'), '(integer) 100000',
+        'one shard holds 100000 rules';
+
+    my $nginx = RLTest::Nginx->start(workers => 1, http => ratelimit_http(
+        shards => [$full->port, $empty->port], body => $locations));
+
+    # the poll finds the empty shard behind and syncs it from the dump
+    my $deadline = time + 20;
+    my $have = 0;
+    while (time < $deadline) {
+        $have = $empty->cli('HLEN', 'rl:rules');
+        last if $have eq '(integer) 100000';
+        sleep 0.2;
+    }
+    is $have, '(integer) 100000', 'the lagging shard was synced from the dump';
+    my $log = $nginx->error_log;
+    my @crossed = $log =~ /^(.*(?:over \d+|failing the shard|refusing).*)$/mg;
+    is_deeply \@crossed, [], 'no bound was crossed';
+    ok $log !~ /exited on signal|\[alert\]/, 'no crash';
+    $nginx->stop;
+    $full->stop;
+    $empty->stop;
 };
 
 done_testing;
