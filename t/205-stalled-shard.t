@@ -96,6 +96,66 @@ subtest 'a check whose client left while connecting is never sent' => sub {
     $redis->stop;
 };
 
+subtest 'a check whose client left while the socket was full is never sent' => sub {
+    # a shard that stops reading, with a small receive buffer: the worker's
+    # writes block after a few kilobytes and its commands wait unsent
+    my $fake = RLTest::FakeRedis->start(mode => 'slow', delay => 0,
+                                        rcvbuf => 4096, mss => 536);
+    my $nginx = RLTest::Nginx->start(workers => 1, http => ratelimit_http(
+        shards => [$fake->port], body => $locations));
+
+    # both keys known: their next checks go straight to EVALSHA; the
+    # filler's is long, so that fewer of them fill the socket
+    my $filler = 'filler' . ('f' x 114);
+    is $nginx->get('/many/x', 'X-User-Id' => 'victim')->{status}, 200,
+        'the victim\'s first check';
+    is $nginx->get('/many/x', 'X-User-Id' => $filler)->{status}, 200,
+        'the filler\'s first check';
+
+    # clients that leave soon, the victim among the last of them: its check
+    # waits behind unsent ones when it leaves
+    $fake->pause;
+    my $left = 0;
+    for my $round (1 .. 5) {
+        my @batch;
+        for (1 .. 200) {
+            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                          PeerPort => $nginx->port) or last;
+            print $s "GET /many/x HTTP/1.1\r\nHost: x\r\nX-User-Id: $filler\r\n\r\n";
+            push @batch, $s;
+        }
+        $left += @batch;
+        if ($round == 5) {
+            sleep 0.1;
+            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                          PeerPort => $nginx->port) or die $!;
+            print $s "GET /many/x HTTP/1.1\r\nHost: x\r\nX-User-Id: victim\r\n\r\n";
+            push @batch, $s;
+        }
+        sleep 0.1;
+        close $_ for @batch;
+    }
+    sleep 0.2;
+    $fake->resume;
+
+    my $deadline = time + 5;
+    my $fillers = 0;
+    while (time < $deadline) {
+        $fillers = grep { $_->[1] eq 'cmd' && ($_->[3] // '') =~ /[ :]$filler$/ }
+                   @{ $fake->events };
+        last if $fillers > $left / 2;
+        sleep 0.1;
+    }
+    sleep 0.5;
+    my $victim = grep { $_->[1] eq 'cmd' && ($_->[3] // '') =~ /[ :]victim$/ }
+                 @{ $fake->events };
+    cmp_ok $fillers, '>', 100, "$fillers of $left filler checks reached the shard";
+    is $victim, 1, 'the victim\'s second check never did';
+    ok $nginx->error_log !~ qr/exited on signal|\[alert\]/, 'no crash';
+    $nginx->stop;
+    $fake->stop;
+};
+
 subtest 'commands waiting for a stalled shard are bounded' => sub {
     my $redis = RLTest::Redis->start;
     my $nginx = RLTest::Nginx->start(workers => 1, http => ratelimit_http(

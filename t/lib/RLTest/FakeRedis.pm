@@ -15,11 +15,17 @@ package RLTest::FakeRedis;
 #       answers every command correctly (a check allowed, no rule, OK),
 #       one at a time, each taking delay seconds, like a single-threaded
 #       server that became slow: it answers, only later and later
+#
+# Also: rcvbuf => N and mss => N, a small receive buffer and segment size,
+# so a peer's writes block after a few kilobytes;
+# $fake->pause / $fake->resume stop and restart reading (SIGUSR1, SIGUSR2).
+# The log names each command and its first key (the 4th word of EVALSHA).
 
 use strict;
 use warnings;
 
 use Errno qw(EAGAIN EWOULDBLOCK EINTR);
+use Socket qw(SO_RCVBUF IPPROTO_TCP TCP_MAXSEG);
 use File::Temp qw(tempdir);
 use IO::Select;
 use IO::Socket::INET;
@@ -45,8 +51,14 @@ sub start {
     for (1 .. 20) {
         $self->{port} = RLTest::Redis::free_port();
         $server = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
-            LocalPort => $self->{port}, Listen => 64, ReuseAddr => 1)
-            and last;
+            LocalPort => $self->{port}, ReuseAddr => 1, Proto => 'tcp')
+            or next;
+        # accepted sockets inherit the listener's buffer size
+        $server->sockopt(SO_RCVBUF, $opt{rcvbuf}) if $opt{rcvbuf};
+        # and a small segment size, which keeps the peer's send buffer small
+        setsockopt($server, IPPROTO_TCP, TCP_MAXSEG, $opt{mss}) if $opt{mss};
+        last if $server->listen(64);
+        undef $server;
     }
     die "fake redis: no port: $!\n" unless $server;
 
@@ -68,6 +80,9 @@ sub start {
 }
 
 sub port { $_[0]{port} }
+
+sub pause  { kill 'USR1', $_[0]{pid}; sleep 0.1 }
+sub resume { kill 'USR2', $_[0]{pid}; sleep 0.1 }
 sub pid  { $_[0]{pid} }
 
 # [time, event, connection number, detail] for everything seen so far
@@ -126,6 +141,9 @@ sub serve {
 
     $server->blocking(0);
     my $deadline = time + $self->{lifetime};
+    my $paused = 0;
+    local $SIG{USR1} = sub { $paused = 1 };
+    local $SIG{USR2} = sub { $paused = 0 };
     my (%conn, $n);
     my $sel_r = IO::Select->new($server);
 
@@ -143,7 +161,9 @@ sub serve {
         }
         $wait = 0 if $wait < 0;
 
-        my ($r, $w) = IO::Select->select($sel_r, $sel_w, undef, $wait);
+        my ($r, $w) = IO::Select->select($paused ? IO::Select->new($server)
+                                                 : $sel_r,
+                                         $sel_w, undef, $wait);
         $now = time;
 
         for my $sock (@{ $r || [] }) {
@@ -235,12 +255,12 @@ sub on_command {
 }
 
 # Removes one complete command ("*N\r\n" then N bulk strings) from the
-# buffer; returns its name, or undef while it is incomplete.
+# buffer; returns its name and first key, or undef while it is incomplete.
 sub take_command {
     my ($buf) = @_;
     return undef unless $$buf =~ /\A\*(\d+)\r\n/;
     my ($argc, $pos) = ($1, $+[0]);
-    my $name;
+    my ($name, $key) = ('', '');
     for my $i (1 .. $argc) {
         pos($$buf) = $pos;
         return undef unless $$buf =~ /\G\$(\d+)\r\n/gc;
@@ -248,10 +268,11 @@ sub take_command {
         my $start = pos($$buf);
         return undef if length($$buf) < $start + $len + 2;
         $name = uc substr($$buf, $start, $len) if $i == 1;
+        $key = substr($$buf, $start, $len) if $i == 4;
         $pos = $start + $len + 2;
     }
     substr($$buf, 0, $pos) = '';
-    return $name;
+    return $name =~ /^EVAL/ ? "$name $key" : $name;
 }
 
 1;
