@@ -151,6 +151,13 @@ subtest 'a check whose client left while the socket was full is never sent' => s
                  @{ $fake->events };
     cmp_ok $fillers, '>', 100, "$fillers of $left filler checks reached the shard";
     is $victim, 1, 'the victim\'s second check never did';
+
+    # what was taken out of the output buffer left a well-formed stream
+    is $nginx->get('/many/x', 'X-User-Id' => 'victim')->{status}, 200,
+        'the next check is answered';
+    $victim = grep { $_->[1] eq 'cmd' && ($_->[3] // '') =~ /[ :]victim$/ }
+              @{ $fake->events };
+    is $victim, 2, 'and the shard read it as the victim\'s';
     ok $nginx->error_log !~ qr/exited on signal|\[alert\]/, 'no crash';
     $nginx->stop;
     $fake->stop;
