@@ -242,4 +242,22 @@ subtest 'a shard that answers slower than the timeout is failed' => sub {
     $fake->stop;
 };
 
+subtest 'AUTH still goes first on every new connection' => sub {
+    my $redis = RLTest::Redis->start;
+    $redis->cli('CONFIG', 'SET', 'requirepass', 'sesame-0123456789');
+    my $nginx = RLTest::Nginx->start(workers => 1, http => ratelimit_http(
+        shards => [[$redis->port, ' password=sesame-0123456789']],
+        body => $locations));
+    my $user = unique_key('auth');
+    my @st = map { $nginx->get('/two/x', 'X-User-Id' => $user)->{status} } 1 .. 3;
+    is_deeply \@st, [200, 200, 429], 'counted on a shard that wants AUTH';
+
+    $nginx->reload($nginx->{http} =~ s/sesame-0123456789/wrong-0123456789/r);
+    is $nginx->get('/two/x', 'X-User-Id' => unique_key('auth'))->{status}, 503,
+        'a wrong password takes the fail path';
+    ok $nginx->error_log =~ qr/AUTH on shard \S+ failed/, 'and says why';
+    $nginx->stop;
+    $redis->stop;
+};
+
 done_testing;
