@@ -213,6 +213,28 @@ typedef struct ngx_http_ratelimit_slot_s  ngx_http_ratelimit_slot_t;
  */
 typedef void (*ngx_http_ratelimit_reply_pt)(void *data, redisReply *reply);
 
+/*
+ * Every function below accepts a NULL conn (as ngx_http_ratelimit_redis_conn()
+ * returns for a shard this worker does not know) and a NULL slot: send()
+ * returns NULL (take the fail path), stuck() 0, name() "no shard",
+ * clock_offset() NULL; fail() and detach() do nothing.
+ *
+ * send() also returns NULL when the connection holds too many commands or
+ * unsent bytes (a shard slower than its callers), without calling back.
+ *
+ * detach(): the owner of a slot is gone.  A command not yet written is
+ * withdrawn (the shard never sees it, the slot is reused at once): NGX_OK.
+ * One already written, even in part, is answered later and the answer
+ * dropped: NGX_DECLINED, the shard may still run it.  Either way the handler
+ * is never called, and the slot must not be used again.
+ *
+ * stuck(): the shard is slower than "timeout": the oldest command it owes
+ * an answer was queued that long ago, or connecting took that long.  Then
+ * fail() it, so every waiting command takes its fail path at once.
+ *
+ * clock_offset(): a field kept per connection for its owner's use, 0 until
+ * written, kept across reconnects (the shard's clock minus the worker's).
+ */
 
 ngx_int_t ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf);
@@ -221,12 +243,14 @@ ngx_http_ratelimit_conn_t *ngx_http_ratelimit_redis_conn(ngx_uint_t shard);
 ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_send(
     ngx_http_ratelimit_conn_t *conn, int argc, const char **argv,
     const size_t *argvlen, ngx_http_ratelimit_reply_pt handler, void *data);
-void ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot);
+ngx_int_t ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot);
 void ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
     const char *reason);
 ngx_uint_t ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,
     ngx_msec_t timeout);
 ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);
+ngx_msec_int_t *ngx_http_ratelimit_redis_clock_offset(
+    ngx_http_ratelimit_conn_t *conn);
 
 
 /* shared memory zone */

@@ -8,6 +8,12 @@
  * checks costs one write and one round trip.  Redis answers in order, so the
  * head of the waiting queue owns the next reply.  hiredis formats the
  * commands and parses the replies.
+ *
+ * A shard is not trusted to be well behaved: what one reply may hold, the
+ * unparsed input, the unsent output, the number of commands waiting and the
+ * work done per read event are all bounded, and a shard that crosses a
+ * bound is failed.  A command whose owner leaves before it was written is
+ * taken back out of the output buffer: the shard never sees it.
  */
 
 
@@ -20,11 +26,51 @@
 
 #define NGX_HTTP_RATELIMIT_OUT_MIN       4096
 
+/* a drained output buffer larger than this is given back after a burst */
+#define NGX_HTTP_RATELIMIT_OUT_KEEP      65536
+
+/*
+ * Unsent bytes a connection may hold before new commands are refused, not
+ * counting commands larger than this: the rules load that syncs a lagging
+ * shard is one such, rare, and must not make every check fail while it is
+ * written.
+ */
+#define NGX_HTTP_RATELIMIT_OUT_MAX       (1024 * 1024)
+
+/* one command: the largest is the rules load, as large as the rules dump */
+#define NGX_HTTP_RATELIMIT_COMMAND_MAX   (64 * 1024 * 1024)
+
+/*
+ * The largest legitimate reply is the rules dump: {version, id, value, ...}
+ * with ids of up to 256 bytes and values of a few dozen.  Bounds on a reply:
+ * values in all (arrays count their elements as they are announced, before
+ * anything is allocated), one string, and the memory of the whole reply.
+ */
+#define NGX_HTTP_RATELIMIT_REPLY_RULES   100000
+#define NGX_HTTP_RATELIMIT_REPLY_VALUES  (2 * NGX_HTTP_RATELIMIT_REPLY_RULES + 1)
+#define NGX_HTTP_RATELIMIT_REPLY_STRING  65536
+#define NGX_HTTP_RATELIMIT_REPLY_BYTES   (64 * 1024 * 1024)
+
+/*
+ * Unparsed input: hiredis consumes every complete value at once, so what
+ * stays is at most one unfinished string and its header.
+ */
+#define NGX_HTTP_RATELIMIT_IN_MAX        (NGX_HTTP_RATELIMIT_REPLY_STRING + 1024)
+
+/* bytes read per read event before the other events get their turn */
+#define NGX_HTTP_RATELIMIT_READ_MAX      65536
+
+#define NGX_HTTP_RATELIMIT_READ_BUF      16384
+
 
 struct ngx_http_ratelimit_slot_s {
     ngx_queue_t                        queue;
     ngx_http_ratelimit_reply_pt        handler;    /* NULL: owner gone */
     void                              *data;
+    ngx_http_ratelimit_conn_t         *conn;
+    off_t                              start;      /* in the output stream */
+    size_t                             len;
+    ngx_msec_t                         queued_at;
 };
 
 
@@ -34,20 +80,35 @@ struct ngx_http_ratelimit_conn_s {
     ngx_uint_t                         index;
     ngx_uint_t                         state;
     ngx_uint_t                         generation;  /* bumped on close */
+    ngx_msec_t                         connect_at;
 
     redisReader                       *reader;
+    size_t                             reply_values;  /* of the reply */
+    size_t                             reply_bytes;   /* being read */
+    u_char                             refused[128];  /* why, or "" */
 
+    /*
+     * out[0 .. out_sent) is written, out[out_sent .. out_len) is not;
+     * out[0] is byte out_offset of everything ever queued on the connection.
+     */
     u_char                            *out;
     size_t                             out_size;
     size_t                             out_sent;
     size_t                             out_len;
+    off_t                              out_offset;
+    size_t                             out_large;  /* unsent, of commands
+                                                      over OUT_MAX */
     ngx_event_t                        flush;
 
     ngx_queue_t                        waiting;
+    ngx_uint_t                         nwaiting;
+    ngx_uint_t                         max_waiting;
     ngx_queue_t                        spare;
 
+    ngx_msec_int_t                     clock_offset;  /* kept across
+                                                         reconnects */
     ngx_msec_t                         logged_at;
-    ngx_msec_t                         answered_at;  /* or started waiting */
+    ngx_msec_t                         refused_logged_at;
     ngx_log_t                         *log;
 };
 
@@ -55,24 +116,48 @@ struct ngx_http_ratelimit_conn_s {
 static ngx_int_t ngx_http_ratelimit_redis_connect(
     ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_close(ngx_http_ratelimit_conn_t *conn);
-static ngx_int_t ngx_http_ratelimit_redis_append(
-    ngx_http_ratelimit_conn_t *conn, int argc, const char **argv,
-    const size_t *argvlen);
 static ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_queue(
-    ngx_http_ratelimit_conn_t *conn, ngx_http_ratelimit_reply_pt handler,
-    void *data);
+    ngx_http_ratelimit_conn_t *conn, int argc, const char **argv,
+    const size_t *argvlen, ngx_http_ratelimit_reply_pt handler, void *data);
+static void ngx_http_ratelimit_redis_refuse(ngx_http_ratelimit_conn_t *conn,
+    const char *why);
 static void ngx_http_ratelimit_redis_flush_handler(ngx_event_t *ev);
 static void ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev);
+static ngx_int_t ngx_http_ratelimit_redis_replies(
+    ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply);
 static ngx_http_ratelimit_health_t *ngx_http_ratelimit_redis_health(
     ngx_http_ratelimit_conn_t *conn);
+
+static ngx_int_t ngx_http_ratelimit_reply_charge(const redisReadTask *task,
+    size_t bytes);
+static void *ngx_http_ratelimit_reply_string(const redisReadTask *task,
+    char *str, size_t len);
+static void *ngx_http_ratelimit_reply_array(const redisReadTask *task,
+    int elements);
+static void *ngx_http_ratelimit_reply_integer(const redisReadTask *task,
+    long long value);
+static void *ngx_http_ratelimit_reply_nil(const redisReadTask *task);
 
 
 static ngx_http_ratelimit_conn_t  *ngx_http_ratelimit_conns;
 static ngx_uint_t                  ngx_http_ratelimit_nconns;
 static ngx_http_ratelimit_ring_t  *ngx_http_ratelimit_worker_ring;
+
+static ngx_str_t  ngx_http_ratelimit_redis_nobody = ngx_string("no shard");
+
+/* hiredis's own reply builders, which the bounded ones below call */
+static redisReplyObjectFunctions  *ngx_http_ratelimit_hiredis_fn;
+
+static redisReplyObjectFunctions  ngx_http_ratelimit_bounded_fn = {
+    ngx_http_ratelimit_reply_string,
+    ngx_http_ratelimit_reply_array,
+    ngx_http_ratelimit_reply_integer,
+    ngx_http_ratelimit_reply_nil,
+    freeReplyObject
+};
 
 
 ngx_int_t
@@ -80,6 +165,7 @@ ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf)
 {
     ngx_uint_t                        i;
+    redisReader                      *reader;
     ngx_http_ratelimit_conn_t        *conn;
     ngx_http_ratelimit_zone_t        *zone;
     ngx_http_ratelimit_shard_conf_t  *shard;
@@ -87,6 +173,18 @@ ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
     zone = rmcf->shm_zone->data;
     ngx_http_ratelimit_worker_ring = zone->ring;
     ngx_http_ratelimit_counters = &zone->sh->stats;
+
+    /* the only way to reach hiredis's default builders is a reader's */
+
+    if (ngx_http_ratelimit_hiredis_fn == NULL) {
+        reader = redisReaderCreate();
+        if (reader == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_http_ratelimit_hiredis_fn = reader->fn;
+        redisReaderFree(reader);
+    }
 
     ngx_http_ratelimit_nconns = rmcf->shards.nelts;
     ngx_http_ratelimit_conns = ngx_pcalloc(cycle->pool,
@@ -104,6 +202,14 @@ ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
         conn->index = i;
         conn->log = cycle->log;
         conn->state = NGX_HTTP_RATELIMIT_DISCONNECTED;
+
+        /*
+         * A worker holds at most one live command per connection of its
+         * own at a time: beyond twice that, the waiting commands are those
+         * of requests that left a shard that does not answer.
+         */
+
+        conn->max_waiting = 2 * cycle->connection_n + 64;
 
         ngx_queue_init(&conn->waiting);
         ngx_queue_init(&conn->spare);
@@ -133,6 +239,7 @@ ngx_http_ratelimit_redis_exit_process(ngx_cycle_t *cycle)
 
         ngx_queue_add(&conn->spare, &conn->waiting);
         ngx_queue_init(&conn->waiting);
+        conn->nwaiting = 0;
 
         while (!ngx_queue_empty(&conn->spare)) {
             q = ngx_queue_head(&conn->spare);
@@ -143,6 +250,7 @@ ngx_http_ratelimit_redis_exit_process(ngx_cycle_t *cycle)
         if (conn->out) {
             ngx_free(conn->out);
             conn->out = NULL;
+            conn->out_size = 0;
         }
     }
 
@@ -162,23 +270,58 @@ ngx_http_ratelimit_redis_conn(ngx_uint_t shard)
 
 
 /*
- * True when commands are waiting and the shard has answered none of them for
- * "timeout": it hangs, as opposed to answering late under load.
+ * True when the shard is slower than "timeout": the oldest command it owes
+ * an answer was queued that long ago, or the connection has been connecting
+ * that long.  A shard that answers, only each answer too late, is as
+ * useless as one that answers nothing, and its queue would grow.
  */
 
 ngx_uint_t
 ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,
     ngx_msec_t timeout)
 {
-    return !ngx_queue_empty(&conn->waiting)
-           && ngx_current_msec - conn->answered_at >= timeout;
+    ngx_http_ratelimit_slot_t  *slot;
+
+    if (conn == NULL) {
+        return 0;
+    }
+
+    if (conn->state == NGX_HTTP_RATELIMIT_CONNECTING
+        && ngx_current_msec - conn->connect_at >= timeout)
+    {
+        return 1;
+    }
+
+    if (ngx_queue_empty(&conn->waiting)) {
+        return 0;
+    }
+
+    slot = ngx_queue_data(ngx_queue_head(&conn->waiting),
+                          ngx_http_ratelimit_slot_t, queue);
+
+    return ngx_current_msec - slot->queued_at >= timeout;
 }
 
 
 ngx_str_t *
 ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn)
 {
+    if (conn == NULL) {
+        return &ngx_http_ratelimit_redis_nobody;
+    }
+
     return &conn->shard->name;
+}
+
+
+ngx_msec_int_t *
+ngx_http_ratelimit_redis_clock_offset(ngx_http_ratelimit_conn_t *conn)
+{
+    if (conn == NULL) {
+        return NULL;
+    }
+
+    return &conn->clock_offset;
 }
 
 
@@ -187,7 +330,30 @@ ngx_http_ratelimit_redis_send(ngx_http_ratelimit_conn_t *conn, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_ratelimit_reply_pt handler, void *data)
 {
+    size_t                      unsent;
     ngx_http_ratelimit_slot_t  *slot;
+
+    if (conn == NULL) {
+        return NULL;
+    }
+
+    /*
+     * A shard that takes commands faster than it answers them must not grow
+     * the worker: past the bounds, commands take their fail path at once.
+     */
+
+    if (conn->nwaiting >= conn->max_waiting) {
+        ngx_http_ratelimit_redis_refuse(conn, "too many commands waiting");
+        return NULL;
+    }
+
+    unsent = conn->out_len - conn->out_sent;
+    unsent -= ngx_min(unsent, conn->out_large);
+
+    if (unsent >= NGX_HTTP_RATELIMIT_OUT_MAX) {
+        ngx_http_ratelimit_redis_refuse(conn, "too many bytes unsent");
+        return NULL;
+    }
 
     if (conn->state == NGX_HTTP_RATELIMIT_DISCONNECTED
         && ngx_http_ratelimit_redis_connect(conn) != NGX_OK)
@@ -195,11 +361,8 @@ ngx_http_ratelimit_redis_send(ngx_http_ratelimit_conn_t *conn, int argc,
         return NULL;
     }
 
-    if (ngx_http_ratelimit_redis_append(conn, argc, argv, argvlen) != NGX_OK) {
-        return NULL;
-    }
-
-    slot = ngx_http_ratelimit_redis_queue(conn, handler, data);
+    slot = ngx_http_ratelimit_redis_queue(conn, argc, argv, argvlen, handler,
+                                          data);
     if (slot == NULL) {
         return NULL;
     }
@@ -212,11 +375,66 @@ ngx_http_ratelimit_redis_send(ngx_http_ratelimit_conn_t *conn, int argc,
 }
 
 
-void
+/*
+ * The owner of a command is gone.  A command not written yet, not even in
+ * part, is taken out of the output buffer: its check already took its fail
+ * path and must count nothing (NGX_OK).  One already written is answered
+ * later; the answer is read and dropped (NGX_DECLINED: the shard may still
+ * run it).
+ */
+
+ngx_int_t
 ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
 {
+    size_t                      pos;
+    ngx_queue_t                *q;
+    ngx_http_ratelimit_slot_t  *next;
+    ngx_http_ratelimit_conn_t  *conn;
+
+    if (slot == NULL) {
+        return NGX_DECLINED;
+    }
+
     slot->handler = NULL;
     slot->data = NULL;
+
+    conn = slot->conn;
+
+    /* closing the connection moves out_offset past all it discarded */
+
+    if (slot->start < conn->out_offset + (off_t) conn->out_sent) {
+        return NGX_DECLINED;
+    }
+
+    pos = (size_t) (slot->start - conn->out_offset);
+
+    ngx_memmove(conn->out + pos, conn->out + pos + slot->len,
+                conn->out_len - pos - slot->len);
+    conn->out_len -= slot->len;
+
+    /* the commands queued after it are not written either: they move up */
+
+    for (q = ngx_queue_next(&slot->queue);
+         q != ngx_queue_sentinel(&conn->waiting);
+         q = ngx_queue_next(q))
+    {
+        next = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
+        next->start -= slot->len;
+    }
+
+    if (slot->len > NGX_HTTP_RATELIMIT_OUT_MAX) {
+        conn->out_large -= ngx_min(slot->len, conn->out_large);
+    }
+
+    ngx_queue_remove(&slot->queue);
+    ngx_queue_insert_tail(&conn->spare, &slot->queue);
+    conn->nwaiting--;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->log, 0,
+                   "ratelimit: command of %uz bytes to shard %V withdrawn",
+                   slot->len, &conn->shard->name);
+
+    return NGX_OK;
 }
 
 
@@ -233,6 +451,10 @@ ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
     ngx_http_ratelimit_slot_t  *slot;
     ngx_http_ratelimit_reply_pt handler;
     void                       *data;
+
+    if (conn == NULL) {
+        return;
+    }
 
     if (ngx_current_msec - conn->logged_at >= 1000 || conn->logged_at == 0) {
         conn->logged_at = ngx_current_msec;
@@ -253,6 +475,8 @@ ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
         ngx_queue_add(&failed, &conn->waiting);
         ngx_queue_init(&conn->waiting);
     }
+
+    conn->nwaiting = 0;
 
     while (!ngx_queue_empty(&failed)) {
         q = ngx_queue_head(&failed);
@@ -289,6 +513,8 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
     conn->peer.get = ngx_event_get_peer;
     conn->peer.log = conn->log;
     conn->peer.log_error = NGX_ERROR_ERR;
+
+    conn->connect_at = ngx_current_msec;
 
     rc = ngx_event_connect_peer(&conn->peer);
 
@@ -327,14 +553,19 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
     c->read->handler = ngx_http_ratelimit_redis_read_handler;
     c->write->handler = ngx_http_ratelimit_redis_write_handler;
 
-    conn->reader = redisReaderCreate();
+    /* replies are built by bounded wrappers of hiredis's own builders */
+
+    conn->reader = redisReaderCreateWithFunctions(
+                                             &ngx_http_ratelimit_bounded_fn);
     if (conn->reader == NULL) {
         ngx_http_ratelimit_redis_close(conn);
         return NGX_ERROR;
     }
 
-    conn->out_sent = 0;
-    conn->out_len = 0;
+    conn->reader->privdata = conn;
+    conn->reply_values = 0;
+    conn->reply_bytes = 0;
+    conn->refused[0] = '\0';
 
     conn->state = (rc == NGX_AGAIN) ? NGX_HTTP_RATELIMIT_CONNECTING
                                     : NGX_HTTP_RATELIMIT_CONNECTED;
@@ -349,11 +580,10 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
         argv[1] = (const char *) conn->shard->password.data;
         argvlen[1] = conn->shard->password.len;
 
-        if (ngx_http_ratelimit_redis_append(conn, 2, argv, argvlen) != NGX_OK
-            || ngx_http_ratelimit_redis_queue(conn,
-                                             ngx_http_ratelimit_redis_auth_done,
-                                             conn)
-               == NULL)
+        if (ngx_http_ratelimit_redis_queue(conn, 2, argv, argvlen,
+                                           ngx_http_ratelimit_redis_auth_done,
+                                           conn)
+            == NULL)
         {
             ngx_http_ratelimit_redis_close(conn);
             return NGX_ERROR;
@@ -381,65 +611,76 @@ ngx_http_ratelimit_redis_close(ngx_http_ratelimit_conn_t *conn)
         ngx_delete_posted_event(&conn->flush);
     }
 
+    /* what was not written is gone: no command in it can be withdrawn */
+
+    conn->out_offset += conn->out_len;
     conn->out_sent = 0;
     conn->out_len = 0;
+    conn->out_large = 0;
     conn->state = NGX_HTTP_RATELIMIT_DISCONNECTED;
     conn->generation++;
 }
 
 
-static ngx_int_t
-ngx_http_ratelimit_redis_append(ngx_http_ratelimit_conn_t *conn, int argc,
-    const char **argv, const size_t *argvlen)
+/* formats a command into the output buffer and queues its slot */
+
+static ngx_http_ratelimit_slot_t *
+ngx_http_ratelimit_redis_queue(ngx_http_ratelimit_conn_t *conn, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_ratelimit_reply_pt handler, void *data)
 {
-    int      len;
-    char    *cmd;
-    size_t   size;
-    u_char  *out;
+    int                         len;
+    char                       *cmd;
+    size_t                      size, unsent;
+    u_char                     *out;
+    ngx_queue_t                *q;
+    ngx_http_ratelimit_slot_t  *slot;
 
     len = redisFormatCommandArgv(&cmd, argc, argv, argvlen);
     if (len < 0) {
         ngx_log_error(NGX_LOG_ALERT, conn->log, 0,
                       "ratelimit: could not format a Redis command");
-        return NGX_ERROR;
+        return NULL;
+    }
+
+    if (len > NGX_HTTP_RATELIMIT_COMMAND_MAX) {
+        redisFreeCommand(cmd);
+        ngx_http_ratelimit_redis_refuse(conn, "command too large");
+        return NULL;
     }
 
     if (conn->out_len + len > conn->out_size) {
-        size = ngx_max(conn->out_size * 2, NGX_HTTP_RATELIMIT_OUT_MIN);
-        size = ngx_max(size, conn->out_len + len);
 
-        out = ngx_alloc(size, conn->log);
-        if (out == NULL) {
-            redisFreeCommand(cmd);
-            return NGX_ERROR;
+        /* the written part is not needed any more */
+
+        unsent = conn->out_len - conn->out_sent;
+
+        if (conn->out_sent) {
+            ngx_memmove(conn->out, conn->out + conn->out_sent, unsent);
+            conn->out_offset += conn->out_sent;
+            conn->out_len = unsent;
+            conn->out_sent = 0;
         }
 
-        if (conn->out) {
-            ngx_memcpy(out, conn->out, conn->out_len);
-            ngx_free(conn->out);
-        }
+        if (unsent + len > conn->out_size) {
+            size = ngx_max(conn->out_size * 2, NGX_HTTP_RATELIMIT_OUT_MIN);
+            size = ngx_max(size, unsent + len);
 
-        conn->out = out;
-        conn->out_size = size;
+            out = ngx_alloc(size, conn->log);
+            if (out == NULL) {
+                redisFreeCommand(cmd);
+                return NULL;
+            }
+
+            if (conn->out) {
+                ngx_memcpy(out, conn->out, unsent);
+                ngx_free(conn->out);
+            }
+
+            conn->out = out;
+            conn->out_size = size;
+        }
     }
-
-    ngx_memcpy(conn->out + conn->out_len, cmd, len);
-    conn->out_len += len;
-
-    ngx_http_ratelimit_count(redis_commands, 1);
-
-    redisFreeCommand(cmd);
-
-    return NGX_OK;
-}
-
-
-static ngx_http_ratelimit_slot_t *
-ngx_http_ratelimit_redis_queue(ngx_http_ratelimit_conn_t *conn,
-    ngx_http_ratelimit_reply_pt handler, void *data)
-{
-    ngx_queue_t                *q;
-    ngx_http_ratelimit_slot_t  *slot;
 
     /* slots outlive the requests that queue them: they come from the heap */
 
@@ -451,20 +692,54 @@ ngx_http_ratelimit_redis_queue(ngx_http_ratelimit_conn_t *conn,
     } else {
         slot = ngx_alloc(sizeof(ngx_http_ratelimit_slot_t), conn->log);
         if (slot == NULL) {
+            redisFreeCommand(cmd);
             return NULL;
         }
     }
 
     slot->handler = handler;
     slot->data = data;
+    slot->conn = conn;
+    slot->start = conn->out_offset + conn->out_len;
+    slot->len = len;
+    slot->queued_at = ngx_current_msec;
 
-    if (ngx_queue_empty(&conn->waiting)) {
-        conn->answered_at = ngx_current_msec;
+    ngx_memcpy(conn->out + conn->out_len, cmd, len);
+    conn->out_len += len;
+
+    if (len > NGX_HTTP_RATELIMIT_OUT_MAX) {
+        conn->out_large += len;
     }
 
+    redisFreeCommand(cmd);
+
     ngx_queue_insert_tail(&conn->waiting, &slot->queue);
+    conn->nwaiting++;
+
+    ngx_http_ratelimit_count(redis_commands, 1);
 
     return slot;
+}
+
+
+/* a refused command: said once a second per shard, not once per request */
+
+static void
+ngx_http_ratelimit_redis_refuse(ngx_http_ratelimit_conn_t *conn,
+    const char *why)
+{
+    if (ngx_current_msec - conn->refused_logged_at < 1000
+        && conn->refused_logged_at != 0)
+    {
+        return;
+    }
+
+    conn->refused_logged_at = ngx_current_msec;
+
+    ngx_log_error(NGX_LOG_WARN, conn->log, 0,
+                  "ratelimit: shard %V: %s (%ui waiting, %uz bytes unsent), "
+                  "refusing commands", &conn->shard->name, why,
+                  conn->nwaiting, conn->out_len - conn->out_sent);
 }
 
 
@@ -510,8 +785,18 @@ ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn)
         conn->out_sent += n;
     }
 
+    conn->out_offset += conn->out_len;
     conn->out_sent = 0;
     conn->out_len = 0;
+    conn->out_large = 0;
+
+    /* a burst to a slow shard may have grown the buffer: give it back */
+
+    if (conn->out_size > NGX_HTTP_RATELIMIT_OUT_KEEP) {
+        ngx_free(conn->out);
+        conn->out = NULL;
+        conn->out_size = 0;
+    }
 }
 
 
@@ -554,22 +839,28 @@ ngx_http_ratelimit_redis_write_handler(ngx_event_t *wev)
 static void
 ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev)
 {
-    void                        *data;
-    ssize_t                      n;
-    ngx_uint_t                   generation;
-    ngx_queue_t                 *q;
-    redisReply                  *reply;
-    ngx_connection_t            *c;
-    ngx_http_ratelimit_slot_t   *slot;
-    ngx_http_ratelimit_conn_t   *conn;
-    ngx_http_ratelimit_reply_pt  handler;
-    u_char                       buf[16384];
+    size_t                      total, unparsed;
+    ssize_t                     n;
+    ngx_connection_t           *c;
+    ngx_http_ratelimit_conn_t  *conn;
+    u_char                      buf[NGX_HTTP_RATELIMIT_READ_BUF];
 
     c = rev->data;
     conn = c->data;
-    generation = conn->generation;
 
-    for ( ;; ) {
+    for (total = 0; /* void */; total += n) {
+
+        /*
+         * A shard that keeps sending must not hold the worker: after a
+         * bounded amount, the rest is read in the next loop iteration,
+         * once the other events and timers had their turn.
+         */
+
+        if (total >= NGX_HTTP_RATELIMIT_READ_MAX) {
+            ngx_post_event(rev, &ngx_posted_next_events);
+            return;
+        }
+
         n = c->recv(c, buf, sizeof(buf));
 
         if (n == NGX_AGAIN) {
@@ -595,53 +886,20 @@ ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev)
             return;
         }
 
-        for ( ;; ) {
-            reply = NULL;
+        if (ngx_http_ratelimit_redis_replies(conn) != NGX_OK) {
+            return;
+        }
 
-            if (redisReaderGetReply(conn->reader, (void **) &reply)
-                != REDIS_OK)
-            {
-                ngx_http_ratelimit_redis_fail(conn, "malformed reply");
-                return;
-            }
+        unparsed = conn->reader->len - conn->reader->pos;
 
-            if (reply == NULL) {
-                break;
-            }
-
-            if (ngx_queue_empty(&conn->waiting)) {
-                freeReplyObject(reply);
-                ngx_http_ratelimit_redis_fail(conn, "reply nobody asked for");
-                return;
-            }
-
-            q = ngx_queue_head(&conn->waiting);
-            ngx_queue_remove(q);
-
-            slot = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
-            handler = slot->handler;
-            data = slot->data;
-
-            ngx_queue_insert_tail(&conn->spare, q);
-
-            conn->answered_at = ngx_current_msec;
-
-            ngx_http_ratelimit_count(redis_replies, 1);
-
-            ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_redis_health(conn),
-                                        conn->log);
-
-            if (handler) {
-                handler(data, reply);
-            }
-
-            freeReplyObject(reply);
-
-            /* a handler may have failed this connection: stop reading it */
-
-            if (conn->generation != generation) {
-                return;
-            }
+        if (unparsed > NGX_HTTP_RATELIMIT_IN_MAX) {
+            ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                          "ratelimit: shard %V sent an unfinished value "
+                          "of over %uz bytes, failing the shard",
+                          &conn->shard->name,
+                          (size_t) NGX_HTTP_RATELIMIT_IN_MAX);
+            ngx_http_ratelimit_redis_fail(conn, "reply too large");
+            return;
         }
 
         if ((size_t) n < sizeof(buf)) {
@@ -651,6 +909,85 @@ ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev)
 
     if (ngx_handle_read_event(rev, 0) != NGX_OK) {
         ngx_http_ratelimit_redis_fail(conn, "read event failed");
+    }
+}
+
+
+/*
+ * Hands every complete reply to the head of the queue.  NGX_OK: the
+ * connection is still the same and open; NGX_DONE: it was failed or closed
+ * meanwhile, stop reading it.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
+{
+    void                        *data;
+    ngx_uint_t                   generation;
+    ngx_queue_t                 *q;
+    redisReply                  *reply;
+    ngx_http_ratelimit_slot_t   *slot;
+    ngx_http_ratelimit_reply_pt  handler;
+
+    generation = conn->generation;
+
+    for ( ;; ) {
+        reply = NULL;
+
+        if (redisReaderGetReply(conn->reader, (void **) &reply) != REDIS_OK) {
+
+            if (conn->refused[0]) {
+                ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                              "ratelimit: shard %V sent %s, failing the shard",
+                              &conn->shard->name, conn->refused);
+                ngx_http_ratelimit_redis_fail(conn, "reply too large");
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                              "ratelimit: shard %V sent a malformed reply: %s",
+                              &conn->shard->name, conn->reader->errstr);
+                ngx_http_ratelimit_redis_fail(conn, "malformed reply");
+            }
+
+            return NGX_DONE;
+        }
+
+        if (reply == NULL) {
+            return NGX_OK;
+        }
+
+        if (ngx_queue_empty(&conn->waiting)) {
+            freeReplyObject(reply);
+            ngx_http_ratelimit_redis_fail(conn, "reply nobody asked for");
+            return NGX_DONE;
+        }
+
+        q = ngx_queue_head(&conn->waiting);
+        ngx_queue_remove(q);
+        conn->nwaiting--;
+
+        slot = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
+        handler = slot->handler;
+        data = slot->data;
+
+        ngx_queue_insert_tail(&conn->spare, q);
+
+        ngx_http_ratelimit_count(redis_replies, 1);
+
+        ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_redis_health(conn),
+                                    conn->log);
+
+        if (handler) {
+            handler(data, reply);
+        }
+
+        freeReplyObject(reply);
+
+        /* a handler may have failed this connection: stop reading it */
+
+        if (conn->generation != generation) {
+            return NGX_DONE;
+        }
     }
 }
 
@@ -676,4 +1013,114 @@ static ngx_http_ratelimit_health_t *
 ngx_http_ratelimit_redis_health(ngx_http_ratelimit_conn_t *conn)
 {
     return &ngx_http_ratelimit_worker_ring->health[conn->index];
+}
+
+
+/*
+ * The bounded reply builders.  hiredis calls them as it parses, an array
+ * when its count is read, before its elements arrive; returning NULL makes
+ * the reader fail, and it frees what it built of the reply so far.  The
+ * budget restarts with each reply's root value.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_reply_charge(const redisReadTask *task, size_t bytes)
+{
+    ngx_http_ratelimit_conn_t  *conn = task->privdata;
+
+    /* the values counted are those inside the reply, as an array counts */
+
+    if (task->parent == NULL) {
+        conn->reply_values = 0;
+        conn->reply_bytes = 0;
+
+    } else {
+        conn->reply_values++;
+    }
+
+    conn->reply_bytes += sizeof(redisReply) + bytes;
+
+    if (conn->reply_values > NGX_HTTP_RATELIMIT_REPLY_VALUES) {
+        ngx_snprintf(conn->refused, sizeof(conn->refused) - 1,
+                     "a reply of over %d values%Z",
+                     NGX_HTTP_RATELIMIT_REPLY_VALUES);
+        return NGX_ERROR;
+    }
+
+    if (conn->reply_bytes > NGX_HTTP_RATELIMIT_REPLY_BYTES) {
+        ngx_snprintf(conn->refused, sizeof(conn->refused) - 1,
+                     "a reply of over %d bytes%Z",
+                     NGX_HTTP_RATELIMIT_REPLY_BYTES);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_ratelimit_reply_string(const redisReadTask *task, char *str,
+    size_t len)
+{
+    ngx_http_ratelimit_conn_t  *conn = task->privdata;
+
+    if (len > NGX_HTTP_RATELIMIT_REPLY_STRING) {
+        ngx_snprintf(conn->refused, sizeof(conn->refused) - 1,
+                     "a string of %uz bytes, over %d%Z",
+                     len, NGX_HTTP_RATELIMIT_REPLY_STRING);
+        return NULL;
+    }
+
+    if (ngx_http_ratelimit_reply_charge(task, len + 1) != NGX_OK) {
+        return NULL;
+    }
+
+    return ngx_http_ratelimit_hiredis_fn->createString(task, str, len);
+}
+
+
+static void *
+ngx_http_ratelimit_reply_array(const redisReadTask *task, int elements)
+{
+    ngx_http_ratelimit_conn_t  *conn = task->privdata;
+
+    /* refused before hiredis allocates (and later walks) the elements */
+
+    if (elements > NGX_HTTP_RATELIMIT_REPLY_VALUES) {
+        ngx_snprintf(conn->refused, sizeof(conn->refused) - 1,
+                     "an array of %d elements, over %d%Z",
+                     elements, NGX_HTTP_RATELIMIT_REPLY_VALUES);
+        return NULL;
+    }
+
+    if (ngx_http_ratelimit_reply_charge(task,
+                                 (size_t) elements * sizeof(redisReply *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return ngx_http_ratelimit_hiredis_fn->createArray(task, elements);
+}
+
+
+static void *
+ngx_http_ratelimit_reply_integer(const redisReadTask *task, long long value)
+{
+    if (ngx_http_ratelimit_reply_charge(task, 0) != NGX_OK) {
+        return NULL;
+    }
+
+    return ngx_http_ratelimit_hiredis_fn->createInteger(task, value);
+}
+
+
+static void *
+ngx_http_ratelimit_reply_nil(const redisReadTask *task)
+{
+    if (ngx_http_ratelimit_reply_charge(task, 0) != NGX_OK) {
+        return NULL;
+    }
+
+    return ngx_http_ratelimit_hiredis_fn->createNil(task);
 }
