@@ -87,9 +87,9 @@ static ngx_int_t ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx);
 static u_char *ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data,
     size_t len, size_t *escaped);
-static void ngx_http_ratelimit_learn_clock(ngx_uint_t shard, int64_t now_ms);
+static void ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn,
+    int64_t now_ms);
 static int64_t ngx_http_ratelimit_local_ms(void);
-static int64_t ngx_http_ratelimit_clock_offset(ngx_uint_t shard);
 static ngx_msec_t ngx_http_ratelimit_timeout_of(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx);
@@ -128,20 +128,12 @@ static ngx_str_t  ngx_http_ratelimit_no_shard = ngx_string("no shard");
 static ngx_msec_t  ngx_http_ratelimit_logged_at;
 
 /*
- * Per worker, per shard: the shard's clock minus ours, in ms, learnt from
- * every reply, so that each check carries a deadline the script can honour
- * in the shard's own clock.
- */
-static int64_t    *ngx_http_ratelimit_clock_offsets;
-
-/*
  * Set while this worker drops the connection to a stalled shard: the shard
  * may yet wake up and run the checks it has been sent, each up to its
  * deadline, so those requests wait out their own timeout rather than take
  * the fail path early and still be counted.
  */
 static ngx_uint_t  ngx_http_ratelimit_dropping_stalled;
-static ngx_uint_t  ngx_http_ratelimit_nclocks;
 
 
 ngx_int_t
@@ -568,8 +560,14 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
         return ngx_http_ratelimit_failed(ctx, "shard is down");
     }
 
+    /*
+     * The deadline is this request's timeout in the shard's clock, as far
+     * as the shard's replies have told it (the offset is 0 until the first
+     * one: a clock far off costs that one check its fail path).
+     */
+
     ctx->deadline = ngx_http_ratelimit_local_ms()
-                    + ngx_http_ratelimit_clock_offset(ctx->shard)
+                    + *ngx_http_ratelimit_redis_clock_offset(ctx->conn)
                     + (int64_t) ngx_http_ratelimit_timeout_of(ctx);
 
     if (ngx_http_ratelimit_send(ctx) != NGX_OK) {
@@ -713,7 +711,7 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
     rc = rl_reply_decode_check(reply, &result, &why);
 
     if ((rc == RL_REPLY_OK || rc == RL_REPLY_EXPIRED) && result.now_ms > 0) {
-        ngx_http_ratelimit_learn_clock(ctx->shard, result.now_ms);
+        ngx_http_ratelimit_learn_clock(ctx->conn, result.now_ms);
     }
 
     switch (rc) {
@@ -1091,44 +1089,13 @@ ngx_http_ratelimit_local_ms(void)
 }
 
 
-static int64_t
-ngx_http_ratelimit_clock_offset(ngx_uint_t shard)
-{
-    if (shard >= ngx_http_ratelimit_nclocks) {
-        return 0;
-    }
-
-    return ngx_http_ratelimit_clock_offsets[shard];
-}
-
+/* each worker keeps the offset of each shard's clock to its own */
 
 static void
-ngx_http_ratelimit_learn_clock(ngx_uint_t shard, int64_t now_ms)
+ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn, int64_t now_ms)
 {
-    ngx_uint_t  n;
-
-    if (shard >= ngx_http_ratelimit_nclocks) {
-
-        /* a worker's shards never change: one allocation for its life */
-
-        n = ngx_max(shard + 1, 8);
-
-        if (ngx_http_ratelimit_clock_offsets) {
-            ngx_free(ngx_http_ratelimit_clock_offsets);
-        }
-
-        ngx_http_ratelimit_clock_offsets = ngx_calloc(n * sizeof(int64_t),
-                                                      ngx_cycle->log);
-        if (ngx_http_ratelimit_clock_offsets == NULL) {
-            ngx_http_ratelimit_nclocks = 0;
-            return;
-        }
-
-        ngx_http_ratelimit_nclocks = n;
-    }
-
-    ngx_http_ratelimit_clock_offsets[shard] = now_ms
-                                              - ngx_http_ratelimit_local_ms();
+    *ngx_http_ratelimit_redis_clock_offset(conn) =
+                    (ngx_msec_int_t) (now_ms - ngx_http_ratelimit_local_ms());
 }
 
 

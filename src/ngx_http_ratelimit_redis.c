@@ -41,13 +41,14 @@
 #define NGX_HTTP_RATELIMIT_COMMAND_MAX   (64 * 1024 * 1024)
 
 /*
- * The largest legitimate reply is the rules dump: {version, id, value, ...}
- * with ids of up to 256 bytes and values of a few dozen.  Bounds on a reply:
+ * The largest legitimate reply is the rules dump: {version, digest, id,
+ * value, ...} with ids of up to 256 bytes and values of a few dozen (16
+ * values of room for what may precede the pairs).  Bounds on a reply:
  * values in all (arrays count their elements as they are announced, before
  * anything is allocated), one string, and the memory of the whole reply.
  */
 #define NGX_HTTP_RATELIMIT_REPLY_RULES   100000
-#define NGX_HTTP_RATELIMIT_REPLY_VALUES  (2 * NGX_HTTP_RATELIMIT_REPLY_RULES + 1)
+#define NGX_HTTP_RATELIMIT_REPLY_VALUES  (2 * NGX_HTTP_RATELIMIT_REPLY_RULES + 16)
 #define NGX_HTTP_RATELIMIT_REPLY_STRING  65536
 #define NGX_HTTP_RATELIMIT_REPLY_BYTES   (64 * 1024 * 1024)
 
