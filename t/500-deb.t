@@ -39,9 +39,11 @@ my $NGINX     = '/usr/sbin/nginx';
 
 sub have { !system "command -v $_[0] >/dev/null 2>&1" }
 
+# installed, or anything short of purged (config-files, half-installed...)
 sub installed {
     my $status = `dpkg-query -W -f='\${Status}' $PACKAGE 2>/dev/null`;
-    return $status =~ /\binstalled\b/ || $status =~ /config-files/;
+    my ($state) = $status =~ /(\S+)\s*$/;
+    return defined $state && $state ne 'not-installed';
 }
 
 plan skip_all => 'installs a Debian package: root only' if $> != 0;
@@ -53,6 +55,17 @@ plan skip_all => "unshare, apt-get or $NGINX missing"
     unless have('unshare') && have('apt-get') && -x $NGINX;
 plan skip_all => "$PACKAGE is already installed: not ours to remove"
     if installed();
+plan skip_all => 'no mount namespace for nginx (unshare --mount fails)'
+    if system('unshare --mount true >/dev/null 2>&1');
+plan skip_all => "the system's nginx runs: installing a module would reload it"
+    if system_nginx_runs();
+
+# the pid in /run/nginx.pid, when that process lives
+sub system_nginx_runs {
+    open my $fh, '<', '/run/nginx.pid' or return 0;
+    my $pid = <$fh>;
+    return defined $pid && $pid =~ /^(\d+)/ && kill 0, $1;
+}
 
 # a bounded run: past this the test dies, and END cleans up
 my $DEADLINE = 170;
