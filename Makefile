@@ -4,6 +4,7 @@
 #   make run      start two Redis shards and nginx with the demo config
 #   make test     run every suite (unit, Redis scripts, nginx)
 #   make bench    benchmark against plain nginx and limit_req
+#   make deb      build the Debian package (build/libnginx-mod-http-ratelimit_*.deb)
 
 NGINX_SRC   ?= /usr/share/nginx/src
 NGINX       ?= /usr/sbin/nginx
@@ -19,7 +20,7 @@ CC_OPT      := -g -O2 -fstack-protector-strong -Wformat -Werror=format-security 
                -fPIC -Wdate-time -D_FORTIFY_SOURCE=2
 LD_OPT      := -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all module unit deps run test bench clean
+.PHONY: all module unit deps run test bench deb clean
 
 all: module unit
 
@@ -28,12 +29,18 @@ module: $(MODULE)
 deps:
 	@sh scripts/deps.sh
 
-$(NGX_BUILD)/objs/Makefile: config $(NGINX_SRC)/conf_flags
+# NGINX_SRC may also be an nginx.org source tree (release tarball or git
+# checkout), which has no conf_flags: then the only flag is --with-compat,
+# enough for the module to load into any nginx of that version built
+# --with-compat
+$(NGX_BUILD)/objs/Makefile: config $(wildcard $(NGINX_SRC)/conf_flags)
 	rm -rf $(NGX_BUILD)
 	mkdir -p $(BUILD)
 	cp -r $(NGINX_SRC) $(NGX_BUILD)
-	cd $(NGX_BUILD) && bash -c '. ./conf_flags && ./configure \
-	    "$${NGX_CONF_FLAGS[@]}" --with-cc-opt="$(CC_OPT)" \
+	cd $(NGX_BUILD) && bash -c 'NGX_CONF_FLAGS=(--with-compat); \
+	    if [ -f conf_flags ]; then . ./conf_flags; fi; \
+	    if [ -f configure ]; then cfg=./configure; else cfg=auto/configure; fi; \
+	    $$cfg "$${NGX_CONF_FLAGS[@]}" --with-cc-opt="$(CC_OPT)" \
 	    --with-ld-opt="$(LD_OPT)" --add-dynamic-module=$(CURDIR)' \
 	    > configure.log || { tail -20 configure.log; exit 1; }
 
@@ -54,6 +61,29 @@ test: deps all
 bench: all
 	@sh scripts/deps.sh --bench
 	sh bench/run.sh
+
+# The Debian package, built by dpkg-buildpackage (debian/rules runs the
+# module target above) in a copy of the tree under build/deb, so that what
+# it writes next to the tree (.changes, .buildinfo) stays under build/ too.
+# Needs the packages of `sh scripts/deps.sh --deb`.
+DEB_NAME    := libnginx-mod-http-ratelimit
+DEB_VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog 2>/dev/null)
+DEB_ARCH    := $(shell dpkg --print-architecture 2>/dev/null)
+DEB         := $(BUILD)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_TREE    := $(BUILD)/deb/$(DEB_NAME)-$(DEB_VERSION)
+
+deb: $(DEB)
+
+$(DEB): $(SOURCES) $(SCRIPTS) lua/embed.sh Makefile README.md \
+        $(wildcard debian/* debian/*/*)
+	rm -rf $(BUILD)/deb
+	mkdir -p $(DEB_TREE)
+	tar -cf - Makefile config src lua debian README.md | tar -xf - -C $(DEB_TREE)
+	cd $(DEB_TREE) && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+	    dpkg-buildpackage -b -us -uc > ../build.log 2>&1 \
+	    || { tail -30 ../build.log; echo "log: $(BUILD)/deb/build.log"; exit 1; }
+	cp $(BUILD)/deb/$(notdir $@) $@
+	@echo "built $@"
 
 clean:
 	rm -rf $(BUILD) t/servroot*

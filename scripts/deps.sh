@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages the module needs to build, run, test and
 # benchmark, skipping those already installed.  Debian 12 (bookworm).
+#   --bench   also what `make bench` needs
+#   --deb     also what `make deb` (the Debian package) and t/500-deb.t need
 
 set -eu
 
@@ -12,9 +14,12 @@ packages="
     libredis-perl
 "
 
-if [ "${1:-}" = "--bench" ]; then
-    packages="$packages wrk gnuplot-nox"
-fi
+case "${1:-}" in
+    --bench)
+        packages="$packages wrk gnuplot-nox" ;;
+    --deb)
+        packages="$packages debhelper dpkg-dev fakeroot lintian" ;;
+esac
 
 missing=""
 for p in $packages; do
