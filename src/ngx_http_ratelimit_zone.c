@@ -431,6 +431,10 @@ ngx_http_ratelimit_shard_failed(ngx_http_ratelimit_health_t *h,
         return;
     }
 
+    /* an nginx built without --with-debug compiles the line below away */
+
+    (void) failures;
+
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, log, 0,
                    "ratelimit: shard %*s still down (%uA failures)",
                    h->name_len, h->name, failures);
