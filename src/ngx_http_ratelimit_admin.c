@@ -21,7 +21,12 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_admin.h"
+#include "ngx_http_ratelimit_zone.h"
+#include "ngx_http_ratelimit_redis.h"
+#include "ngx_http_ratelimit_rules.h"
+#include "ngx_http_ratelimit_cache.h"
+#include "rl_rule.h"
 #include "ngx_http_ratelimit_scripts.h"
 
 #include <openssl/crypto.h>
@@ -635,7 +640,7 @@ ngx_http_ratelimit_admin_write(ngx_http_ratelimit_admin_ctx_t *ctx)
         h = &ring->health[i];
 
         if (h->down_until != 0
-            && ngx_http_ratelimit_shard_state(h)
+            && ngx_http_ratelimit_shard_admit(h)
                == NGX_HTTP_RATELIMIT_SHARD_DOWN)
         {
             ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
@@ -968,9 +973,9 @@ ngx_http_ratelimit_admin_restored(void *data, redisReply *reply)
 static ngx_int_t
 ngx_http_ratelimit_admin_read(ngx_http_ratelimit_admin_ctx_t *ctx)
 {
+    ngx_int_t                   shard;
     const char                 *argv[3];
     size_t                      argvlen[3];
-    ngx_uint_t                  i, shard, first;
     ngx_http_ratelimit_ring_t  *ring;
 
     ring = ctx->zone->ring;
@@ -982,15 +987,12 @@ ngx_http_ratelimit_admin_read(ngx_http_ratelimit_admin_ctx_t *ctx)
     argv[2] = (const char *) ctx->rule.customer_id;
     argvlen[2] = ctx->rule.customer_id_len;
 
-    first = ngx_http_ratelimit_ring_lookup(ring, ctx->rule.customer_id,
-                                           ctx->rule.customer_id_len);
-
-    for (i = ctx->tried; i < ring->nshards; i++) {
-        shard = (first + i) % ring->nshards;
-        ctx->tried = i + 1;
-
-        if (ring->health[shard].down_until != 0) {
-            continue;
+    for ( ;; ) {
+        shard = ngx_http_ratelimit_ring_next_live(ring, ctx->rule.customer_id,
+                                                  ctx->rule.customer_id_len,
+                                                  &ctx->tried);
+        if (shard == NGX_ERROR) {
+            break;
         }
 
         ctx->shards[0].index = shard;

@@ -17,7 +17,8 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_cache.h"
+#include "ngx_http_ratelimit_zone.h"
 
 
 #define NGX_HTTP_RATELIMIT_EVICT_BATCH  8

@@ -17,7 +17,11 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_handler.h"
+#include "ngx_http_ratelimit_zone.h"
+#include "ngx_http_ratelimit_redis.h"
+#include "ngx_http_ratelimit_rules.h"
+#include "rl_reply.h"
 #include "ngx_http_ratelimit_scripts.h"
 
 #include <ngx_sha1.h>
@@ -410,11 +414,14 @@ static ngx_int_t
 ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx)
 {
     ngx_int_t    shard;
+    ngx_uint_t   tried;
     const char  *argv[3];
     size_t       argvlen[3];
 
-    shard = ngx_http_ratelimit_rules_shard(ctx->zone->ring, ctx->customer.data,
-                                           ctx->customer.len);
+    tried = 0;
+    shard = ngx_http_ratelimit_ring_next_live(ctx->zone->ring,
+                                              ctx->customer.data,
+                                              ctx->customer.len, &tried);
 
     if (shard == NGX_ERROR) {
         ctx->health = NULL;
@@ -554,7 +561,7 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
                    ctx->key_len, ctx->key,
                    ngx_http_ratelimit_redis_name(ctx->conn));
 
-    if (ngx_http_ratelimit_shard_state(ctx->health)
+    if (ngx_http_ratelimit_shard_admit(ctx->health)
         == NGX_HTTP_RATELIMIT_SHARD_DOWN)
     {
         return ngx_http_ratelimit_failed(ctx, "shard is down");
@@ -753,10 +760,7 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
         break;
     }
 
-    if (ngx_current_msec - ngx_http_ratelimit_logged_at >= 1000
-        || ngx_http_ratelimit_logged_at == 0)
-    {
-        ngx_http_ratelimit_logged_at = ngx_current_msec;
+    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ratelimit: shard %V answered: %s",
                       ngx_http_ratelimit_redis_name(ctx->conn), why);
@@ -898,10 +902,7 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
     r = ctx->request;
     closed = (ctx->conf->fail == NGX_HTTP_RATELIMIT_FAIL_CLOSED);
 
-    if (ngx_current_msec - ngx_http_ratelimit_logged_at >= 1000
-        || ngx_http_ratelimit_logged_at == 0)
-    {
-        ngx_http_ratelimit_logged_at = ngx_current_msec;
+    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "ratelimit: %s (%V), failing %s",
                       reason, ctx->conn ? ngx_http_ratelimit_redis_name(ctx->conn)

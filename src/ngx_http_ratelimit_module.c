@@ -5,6 +5,12 @@
 
 
 #include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_zone.h"
+#include "ngx_http_ratelimit_redis.h"
+#include "ngx_http_ratelimit_rules.h"
+#include "ngx_http_ratelimit_handler.h"
+#include "ngx_http_ratelimit_admin.h"
+#include "ngx_http_ratelimit_stats.h"
 
 
 static void *ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf);
@@ -1004,7 +1010,10 @@ ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    if (ngx_http_ratelimit_redis_init_process(cycle, rmcf) != NGX_OK) {
+    if (ngx_http_ratelimit_redis_init_process(cycle, &rmcf->shards,
+                                              ngx_http_ratelimit_shard_event)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

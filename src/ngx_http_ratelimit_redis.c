@@ -17,7 +17,7 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_redis.h"
 
 
 #define NGX_HTTP_RATELIMIT_DISCONNECTED  0
@@ -129,8 +129,6 @@ static void ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_http_ratelimit_redis_replies(
     ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply);
-static ngx_http_ratelimit_health_t *ngx_http_ratelimit_redis_health(
-    ngx_http_ratelimit_conn_t *conn);
 
 static ngx_int_t ngx_http_ratelimit_reply_charge(const redisReadTask *task,
     size_t bytes);
@@ -145,7 +143,7 @@ static void *ngx_http_ratelimit_reply_nil(const redisReadTask *task);
 
 static ngx_http_ratelimit_conn_t  *ngx_http_ratelimit_conns;
 static ngx_uint_t                  ngx_http_ratelimit_nconns;
-static ngx_http_ratelimit_ring_t  *ngx_http_ratelimit_worker_ring;
+static ngx_http_ratelimit_redis_event_pt  ngx_http_ratelimit_redis_event;
 
 static ngx_str_t  ngx_http_ratelimit_redis_nobody = ngx_string("no shard");
 
@@ -162,18 +160,15 @@ static redisReplyObjectFunctions  ngx_http_ratelimit_bounded_fn = {
 
 
 ngx_int_t
-ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
-    ngx_http_ratelimit_main_conf_t *rmcf)
+ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle, ngx_array_t *shards,
+    ngx_http_ratelimit_redis_event_pt event)
 {
     ngx_uint_t                        i;
     redisReader                      *reader;
     ngx_http_ratelimit_conn_t        *conn;
-    ngx_http_ratelimit_zone_t        *zone;
     ngx_http_ratelimit_shard_conf_t  *shard;
 
-    zone = rmcf->shm_zone->data;
-    ngx_http_ratelimit_worker_ring = zone->ring;
-    ngx_http_ratelimit_counters = &zone->sh->stats;
+    ngx_http_ratelimit_redis_event = event;
 
     /* the only way to reach hiredis's default builders is a reader's */
 
@@ -187,14 +182,14 @@ ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle,
         redisReaderFree(reader);
     }
 
-    ngx_http_ratelimit_nconns = rmcf->shards.nelts;
+    ngx_http_ratelimit_nconns = shards->nelts;
     ngx_http_ratelimit_conns = ngx_pcalloc(cycle->pool,
                   ngx_http_ratelimit_nconns * sizeof(ngx_http_ratelimit_conn_t));
     if (ngx_http_ratelimit_conns == NULL) {
         return NGX_ERROR;
     }
 
-    shard = rmcf->shards.elts;
+    shard = shards->elts;
 
     for (i = 0; i < ngx_http_ratelimit_nconns; i++) {
         conn = &ngx_http_ratelimit_conns[i];
@@ -457,14 +452,14 @@ ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
         return;
     }
 
-    if (ngx_current_msec - conn->logged_at >= 1000 || conn->logged_at == 0) {
-        conn->logged_at = ngx_current_msec;
+    if (ngx_http_ratelimit_log_due(&conn->logged_at)) {
         ngx_log_error(NGX_LOG_WARN, conn->log, 0,
                       "ratelimit: shard %V: %s", &conn->shard->name, reason);
     }
 
-    ngx_http_ratelimit_shard_failed(ngx_http_ratelimit_redis_health(conn),
-                                    conn->log, reason);
+    ngx_http_ratelimit_redis_event(conn->index,
+                                   NGX_HTTP_RATELIMIT_REDIS_FAILED, reason,
+                                   conn->log);
 
     ngx_http_ratelimit_redis_close(conn);
 
@@ -717,7 +712,9 @@ ngx_http_ratelimit_redis_queue(ngx_http_ratelimit_conn_t *conn, int argc,
     ngx_queue_insert_tail(&conn->waiting, &slot->queue);
     conn->nwaiting++;
 
-    ngx_http_ratelimit_count(redis_commands, 1);
+    ngx_http_ratelimit_redis_event(conn->index,
+                                   NGX_HTTP_RATELIMIT_REDIS_COMMAND, NULL,
+                                   conn->log);
 
     return slot;
 }
@@ -729,13 +726,9 @@ static void
 ngx_http_ratelimit_redis_refuse(ngx_http_ratelimit_conn_t *conn,
     const char *why)
 {
-    if (ngx_current_msec - conn->refused_logged_at < 1000
-        && conn->refused_logged_at != 0)
-    {
+    if (!ngx_http_ratelimit_log_due(&conn->refused_logged_at)) {
         return;
     }
-
-    conn->refused_logged_at = ngx_current_msec;
 
     ngx_log_error(NGX_LOG_WARN, conn->log, 0,
                   "ratelimit: shard %V: %s (%ui waiting, %uz bytes unsent), "
@@ -768,7 +761,9 @@ ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn)
         n = c->send(c, conn->out + conn->out_sent,
                     conn->out_len - conn->out_sent);
 
-        ngx_http_ratelimit_count(redis_writes, 1);
+        ngx_http_ratelimit_redis_event(conn->index,
+                                       NGX_HTTP_RATELIMIT_REDIS_WRITE, NULL,
+                                       conn->log);
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
@@ -973,10 +968,9 @@ ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
 
         ngx_queue_insert_tail(&conn->spare, q);
 
-        ngx_http_ratelimit_count(redis_replies, 1);
-
-        ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_redis_health(conn),
-                                    conn->log);
+        ngx_http_ratelimit_redis_event(conn->index,
+                                       NGX_HTTP_RATELIMIT_REDIS_REPLY, NULL,
+                                       conn->log);
 
         if (handler) {
             handler(data, reply);
@@ -1007,13 +1001,6 @@ ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply)
                   &conn->shard->name, reply->str);
 
     ngx_http_ratelimit_redis_fail(conn, "AUTH failed");
-}
-
-
-static ngx_http_ratelimit_health_t *
-ngx_http_ratelimit_redis_health(ngx_http_ratelimit_conn_t *conn)
-{
-    return &ngx_http_ratelimit_worker_ring->health[conn->index];
 }
 
 

@@ -21,7 +21,11 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_rules.h"
+#include "ngx_http_ratelimit_zone.h"
+#include "ngx_http_ratelimit_redis.h"
+#include "ngx_http_ratelimit_cache.h"
+#include "rl_rule.h"
 #include "ngx_http_ratelimit_scripts.h"
 
 
@@ -178,31 +182,6 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
 }
 
 
-/*
- * The shard to read a customer's rule from: the customer's place on the
- * ring, or, when that shard is down, the next one that is up.
- */
-
-ngx_int_t
-ngx_http_ratelimit_rules_shard(ngx_http_ratelimit_ring_t *ring,
-    u_char *customer, size_t len)
-{
-    ngx_uint_t  first, i, shard;
-
-    first = ngx_http_ratelimit_ring_lookup(ring, customer, len);
-
-    for (i = 0; i < ring->nshards; i++) {
-        shard = (first + i) % ring->nshards;
-
-        if (ring->health[shard].down_until == 0) {
-            return shard;
-        }
-    }
-
-    return NGX_ERROR;
-}
-
-
 ngx_int_t
 ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf)
@@ -318,7 +297,7 @@ ngx_http_ratelimit_poll(ngx_event_t *ev)
 
         /* polling doubles as the probe of a shard that is down */
 
-        if (ngx_http_ratelimit_shard_state(h) == NGX_HTTP_RATELIMIT_SHARD_DOWN) {
+        if (ngx_http_ratelimit_shard_admit(h) == NGX_HTTP_RATELIMIT_SHARD_DOWN) {
             continue;
         }
 

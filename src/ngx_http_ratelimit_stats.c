@@ -5,7 +5,8 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_stats.h"
+#include "ngx_http_ratelimit_zone.h"
 
 
 ngx_http_ratelimit_stats_t  *ngx_http_ratelimit_counters;

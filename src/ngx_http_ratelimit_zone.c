@@ -8,12 +8,16 @@
  */
 
 
-#include "ngx_http_ratelimit_module.h"
+#include "ngx_http_ratelimit_zone.h"
+#include "ngx_http_ratelimit_redis.h"
 
 
 /* a shard marked down is probed again after this, doubling up to the cap */
 #define NGX_HTTP_RATELIMIT_PROBE_MIN   250
 #define NGX_HTTP_RATELIMIT_PROBE_MAX   2000
+
+
+static ngx_http_ratelimit_zone_t  *ngx_http_ratelimit_worker_zone;
 
 
 static ngx_http_ratelimit_ring_t *ngx_http_ratelimit_ring_create(
@@ -262,11 +266,17 @@ ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone,
 }
 
 
-/* a worker runs with its cycle's ring: it holds it until it exits */
+/*
+ * A worker runs with its cycle's ring: it holds it until it exits, and its
+ * connections report to it (ngx_http_ratelimit_shard_event).
+ */
 
 void
 ngx_http_ratelimit_ring_hold(ngx_http_ratelimit_zone_t *zone)
 {
+    ngx_http_ratelimit_counters = &zone->sh->stats;
+    ngx_http_ratelimit_worker_zone = zone;
+
     if (zone->ring == NULL || zone->worker_holds) {
         return;
     }
@@ -361,12 +371,39 @@ ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring, u_char *key,
 
 
 /*
+ * The first shard that is up, walking the ring from the key's place; *tried
+ * (0 the first time) says how far an earlier call walked, so that a caller
+ * can go on to the next one.  NGX_ERROR: none is up.
+ */
+
+ngx_int_t
+ngx_http_ratelimit_ring_next_live(ngx_http_ratelimit_ring_t *ring,
+    u_char *key, size_t len, ngx_uint_t *tried)
+{
+    ngx_uint_t  first, shard;
+
+    first = ngx_http_ratelimit_ring_lookup(ring, key, len);
+
+    while (*tried < ring->nshards) {
+        shard = (first + *tried) % ring->nshards;
+        (*tried)++;
+
+        if (ring->health[shard].down_until == 0) {
+            return shard;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+/*
  * UP: send.  PROBE: the shard is down but its retry time has come and this
  * caller won the right to try it.  DOWN: take the fail path now.
  */
 
 ngx_uint_t
-ngx_http_ratelimit_shard_state(ngx_http_ratelimit_health_t *h)
+ngx_http_ratelimit_shard_admit(ngx_http_ratelimit_health_t *h)
 {
     ngx_msec_t        now;
     ngx_atomic_int_t  failures;
@@ -458,5 +495,54 @@ ngx_http_ratelimit_shard_ok(ngx_http_ratelimit_health_t *h, ngx_log_t *log)
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "ratelimit: shard %*s is back up",
                       h->name_len, h->name);
+    }
+}
+
+
+/*
+ * What this worker's connections report (ngx_http_ratelimit_redis.h): the
+ * counters, and the health of the shard in the zone, shared by every worker
+ * so that one worker's discovery spares the others the timeout.
+ */
+
+void
+ngx_http_ratelimit_shard_event(ngx_uint_t shard, ngx_uint_t event,
+    const char *reason, ngx_log_t *log)
+{
+    ngx_http_ratelimit_ring_t  *ring;
+
+    switch (event) {
+
+    case NGX_HTTP_RATELIMIT_REDIS_COMMAND:
+        ngx_http_ratelimit_count(redis_commands, 1);
+        return;
+
+    case NGX_HTTP_RATELIMIT_REDIS_WRITE:
+        ngx_http_ratelimit_count(redis_writes, 1);
+        return;
+
+    case NGX_HTTP_RATELIMIT_REDIS_REPLY:
+        ngx_http_ratelimit_count(redis_replies, 1);
+        break;
+
+    default: /* NGX_HTTP_RATELIMIT_REDIS_FAILED */
+        break;
+    }
+
+    if (ngx_http_ratelimit_worker_zone == NULL) {
+        return;
+    }
+
+    ring = ngx_http_ratelimit_worker_zone->ring;
+
+    if (ring == NULL || shard >= ring->nshards) {
+        return;
+    }
+
+    if (event == NGX_HTTP_RATELIMIT_REDIS_REPLY) {
+        ngx_http_ratelimit_shard_ok(&ring->health[shard], log);
+
+    } else {
+        ngx_http_ratelimit_shard_failed(&ring->health[shard], log, reason);
     }
 }

@@ -1,0 +1,39 @@
+
+/*
+ * Global API rate limiter: per-customer rules kept in Redis, on every
+ * shard, and the poll that keeps edge nodes and shards in step.
+ */
+
+
+#ifndef _NGX_HTTP_RATELIMIT_RULES_H_INCLUDED_
+#define _NGX_HTTP_RATELIMIT_RULES_H_INCLUDED_
+
+
+#include "ngx_http_ratelimit_module.h"
+
+
+/* every shard holds every rule, in one hash, with a version counter */
+#define NGX_HTTP_RATELIMIT_RULES_KEY        "rl:rules"
+#define NGX_HTTP_RATELIMIT_RULES_VERSION    "rl:rules:version"
+
+/* the limit a request is held to: a customer's rule or the default */
+typedef struct {
+    ngx_uint_t                      limit;
+    ngx_msec_t                      window;
+    ngx_uint_t                      algorithm;   /* NGX_HTTP_RATELIMIT_* */
+    unsigned                        has_rule:1;  /* else: location default */
+    unsigned                        has_algorithm:1;
+} ngx_http_ratelimit_rule_t;
+
+
+ngx_int_t ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_main_conf_t *rmcf);
+void ngx_http_ratelimit_rules_exit_process(ngx_cycle_t *cycle);
+void ngx_http_ratelimit_rules_eval(const char **argv, size_t *argvlen,
+    const char *body, size_t len);
+ngx_int_t ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
+    ngx_http_ratelimit_rule_t *rule, uint64_t *stamp);
+
+
+
+#endif /* _NGX_HTTP_RATELIMIT_RULES_H_INCLUDED_ */
