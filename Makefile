@@ -4,6 +4,7 @@
 #   make run      start two Redis shards and nginx with the demo config
 #   make test     run every suite (unit, Redis scripts, nginx)
 #   make bench    benchmark against plain nginx and limit_req
+#   make test-valgrind  the nginx suites with nginx under valgrind memcheck
 
 NGINX_SRC   ?= /usr/share/nginx/src
 NGINX       ?= /usr/sbin/nginx
@@ -19,7 +20,7 @@ CC_OPT      := -g -O2 -fstack-protector-strong -Wformat -Werror=format-security 
                -fPIC -Wdate-time -D_FORTIFY_SOURCE=2
 LD_OPT      := -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all module unit deps run test bench clean
+.PHONY: all module unit deps run test test-valgrind bench clean
 
 all: module unit
 
@@ -50,6 +51,10 @@ run: deps all
 
 test: deps all
 	sh scripts/run-tests.sh
+
+test-valgrind: deps all
+	@sh scripts/deps.sh --valgrind
+	sh scripts/run-valgrind.sh
 
 bench: all
 	@sh scripts/deps.sh --bench

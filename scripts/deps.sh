@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages the module needs to build, run, test and
 # benchmark, skipping those already installed.  Debian 12 (bookworm).
+# --bench adds the benchmark's tools, --valgrind valgrind (make
+# test-valgrind); plain `make test` needs neither.
 
 set -eu
 
@@ -12,9 +14,13 @@ packages="
     libredis-perl
 "
 
-if [ "${1:-}" = "--bench" ]; then
-    packages="$packages wrk gnuplot-nox"
-fi
+for flag in "$@"; do
+    case "$flag" in
+        --bench)    packages="$packages wrk gnuplot-nox" ;;
+        --valgrind) packages="$packages valgrind" ;;      # make test-valgrind
+        *)          echo "deps.sh: unknown flag $flag" >&2; exit 2 ;;
+    esac
+done
 
 missing=""
 for p in $packages; do
