@@ -18,16 +18,13 @@ if (!@logs) {
     exit 2;
 }
 
-my $failing = qr/^(?:Invalid (?:read|write) of size
-                   |Invalid (?:free|delete|realloc)
-                   |Mismatched free
-                   |Conditional\ jump\ or\ move\ depends\ on\ uninitialised
-                   |Use\ of\ uninitialised\ value
-                   |Syscall\ param\ .*\ uninitialised
-                   |Source\ and\ destination\ overlap
-                   |Argument\ .*\ fishy
-                   |.*\ are\ definitely\ lost\ in\ loss\ record
-                   |Process\ terminating\ with\ default\ action\ of\ signal)/x;
+my $failing = join '|', map { quotemeta } (
+    'Invalid read of size', 'Invalid write of size', 'Invalid free',
+    'Invalid delete', 'Invalid realloc', 'Mismatched free',
+    'Conditional jump or move depends on uninitialised',
+    'Use of uninitialised value', 'Source and destination overlap',
+    'Process terminating with default action of signal');
+$failing = qr/^(?:$failing|Syscall param .* uninitialised|Argument .* fishy|.* are definitely lost in loss record)/;
 
 my $module_frame = qr/(?:at|by)\ 0x[0-9A-Fa-f]+:\ (?:ngx_http_ratelimit_\w+|rl_\w+)\b
                      |\(in\ [^)]*ngx_http_ratelimit_module\.so\)/x;
