@@ -29,7 +29,7 @@ my $LIMIT = 100;                 # the exact key's limit, per day
 my $RSS_MARGIN_KB = 24 * 1024;   # growth allowed while a shard is stalled
 my $CLIENTS = 6;
 my $MAX_REQUESTS = 3000;         # per client
-my $MAX_SECONDS = 75;            # per client
+my $MAX_SECONDS = 85;            # per client
 my $PACE = 0.02;                 # a client's pause between requests
 
 # S0 holds the exact key and is never disturbed; S1 is stalled; S2 is
@@ -129,7 +129,8 @@ my $load = RLTest::Nginx::parallel_start($CLIENTS, sub {
             if $st !~ /^(?:200|429|503)$/ && @bad < 5;
         sleep $PACE;
     }
-    return (map({ "all $_ $status{$_}" } keys %status),
+    return ("last " . time,
+            map({ "all $_ $status{$_}" } keys %status),
             map({ "exact $_ $exact{$_}" } keys %exact),
             map({ "bad $_" } @bad));
 });
@@ -219,18 +220,24 @@ for my $victim (1, 2) {
     sleep 1;
 }
 
+my $faults_end = time;
 sleep 1;
 open my $fh, '>', $stop or die $!;
 close $fh;
 
-my (%all, %ex, @bad);
+my (%all, %ex, @bad, @last);
 for (RLTest::Nginx::parallel_wait($load)) {
-    if (/^all (\S+) (\d+)$/) { $all{$1} += $2 }
+    if (/^last (\S+)$/) { push @last, $1 }
+    elsif (/^all (\S+) (\d+)$/) { $all{$1} += $2 }
     elsif (/^exact (\S+) (\d+)$/) { $ex{$1} += $2 }
     elsif (/^bad (.*)$/) { push @bad, $1 }
 }
 
 # ---------------------------------------------------------------------------
+
+my ($first_done) = sort { $a <=> $b } @last;
+cmp_ok $first_done, '>=', $faults_end,
+    "all $CLIENTS clients were still sending when the faults ended";
 
 my $total = 0;
 $total += $_ for values %all;
