@@ -59,4 +59,20 @@ like $out, qr/0 in the module's code/, 'and are counted as such';
 ($rc, $out) = run_under_valgrind('clean', "int main(void) { return 0; }\n");
 is $rc, 0, 'a clean run passes' or diag $out;
 
+# a leak whose stack valgrind could not name (the module unloaded at exit,
+# without --keep-debuginfo=yes) cannot be cleared as nginx's
+mkdir "$dir/unnamed.logs";
+open my $fh, '>', "$dir/unnamed.logs/x.1.log" or die $!;
+print $fh <<'EOF_LOG';
+==1== 16 bytes in 1 blocks are definitely lost in loss record 3 of 9
+==1==    at 0x48417B4: malloc (in /usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so)
+==1==    by 0x154CFE: ngx_alloc (in /usr/sbin/nginx)
+==1==    by 0x4A3B2C1: ???
+==1==    by 0x159B2C: ??? (in /usr/sbin/nginx)
+==1== 
+EOF_LOG
+close $fh;
+`perl scripts/valgrind-check.pl $dir/unnamed.logs`;
+is $? >> 8, 1, 'an error in code valgrind cannot name fails the check';
+
 done_testing;

@@ -527,7 +527,8 @@ sub nginx_command {
     push @cmd, '-c', $ConfFile;
     if ($valgrind) {
         my @opts = $valgrind =~ /^\d+$/
-            ? qw(--tool=memcheck --leak-check=full --show-possibly-lost=no)
+            ? qw(--tool=memcheck --leak-check=full --keep-debuginfo=yes
+                 --show-possibly-lost=no)
             : split(' ', $valgrind);
         my @supp = -f 'valgrind.suppress'
             ? ('--suppressions=valgrind.suppress') : ();
