@@ -258,11 +258,14 @@ is $ex{200} || 0, $LIMIT, "exactly $LIMIT allowed for the key on the "
     or diag explain \%ex;
 cmp_ok $ex{429} || 0, '>', 0, 'and the rest of its requests were denied';
 
-for my $i (0, 1) {
-    my $r = HTTP::Tiny->new(timeout => 10)->get($nodes[$i]->url('/stats'));
-    my $st = $r->{status} == 200 ? JSON::PP::decode_json($r->{content}) : {};
-    cmp_ok $st->{rule_cache}{evictions} || 0, '>', 0,
-        'node ' . ($i ? 'B' : 'A') . ': the zone was full (rule cache evictions)';
+SKIP: {
+    skip 'RLTEST_SOAK_ZONE: a zone that need not fill', 2 if $ENV{RLTEST_SOAK_ZONE};
+    for my $i (0, 1) {
+        my $r = HTTP::Tiny->new(timeout => 10)->get($nodes[$i]->url('/stats'));
+        my $st = $r->{status} == 200 ? JSON::PP::decode_json($r->{content}) : {};
+        cmp_ok $st->{rule_cache}{evictions} || 0, '>', 0,
+            'node ' . ($i ? 'B' : 'A') . ': the zone was full (rule cache evictions)';
+    }
 }
 
 # the nodes recovered: new callers pass (the stalled and restarted shards
