@@ -5,6 +5,7 @@
 #   make test     run every suite (unit, Redis scripts, nginx)
 #   make bench    benchmark against plain nginx and limit_req
 #   make deb      build the Debian package (build/libnginx-mod-http-ratelimit_*.deb)
+#   make test-valgrind  the nginx suites with nginx under valgrind memcheck
 
 NGINX_SRC   ?= /usr/share/nginx/src
 NGINX       ?= /usr/sbin/nginx
@@ -20,7 +21,7 @@ CC_OPT      := -g -O2 -fstack-protector-strong -Wformat -Werror=format-security 
                -fPIC -Wdate-time -D_FORTIFY_SOURCE=2
 LD_OPT      := -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all module unit deps run test bench deb clean
+.PHONY: all module unit deps run test test-valgrind bench deb clean
 
 all: module unit
 
@@ -55,8 +56,14 @@ unit:
 run: deps all
 	sh scripts/run-demo.sh
 
+# t/500-deb.t builds and installs the Debian package: its tools too
 test: deps all
+	@sh scripts/deps.sh --deb
 	sh scripts/run-tests.sh
+
+test-valgrind: deps all
+	@sh scripts/deps.sh --valgrind
+	sh scripts/run-valgrind.sh
 
 bench: all
 	@sh scripts/deps.sh --bench

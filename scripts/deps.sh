@@ -1,8 +1,10 @@
 #!/bin/sh
 # Installs the Debian packages the module needs to build, run, test and
 # benchmark, skipping those already installed.  Debian 12 (bookworm).
-#   --bench   also what `make bench` needs
-#   --deb     also what `make deb` (the Debian package) and t/500-deb.t need
+#   --bench     also what `make bench` needs
+#   --deb       also what `make deb` (the Debian package) and t/500-deb.t need
+#   --valgrind  also valgrind (make test-valgrind)
+# Plain `make test` needs none of them.
 
 set -eu
 
@@ -14,12 +16,14 @@ packages="
     libredis-perl
 "
 
-case "${1:-}" in
-    --bench)
-        packages="$packages wrk gnuplot-nox" ;;
-    --deb)
-        packages="$packages debhelper dpkg-dev fakeroot lintian" ;;
-esac
+for flag in "$@"; do
+    case "$flag" in
+        --bench)    packages="$packages wrk gnuplot-nox" ;;
+        --deb)      packages="$packages debhelper dpkg-dev fakeroot lintian" ;;
+        --valgrind) packages="$packages valgrind" ;;
+        *)          echo "deps.sh: unknown flag $flag" >&2; exit 2 ;;
+    esac
+done
 
 missing=""
 for p in $packages; do

@@ -41,10 +41,11 @@ sub start {
     chmod 0755, $self->{dir};
     $self->write_conf;
 
+    local $self->{prefix} = [valgrind()];
     my $out = $self->run_nginx();
     die "nginx did not start: $out\n" . $self->error_log if $?;
 
-    for (1 .. 200) {
+    for (1 .. (valgrind() ? 2400 : 200)) {
         last if RLTest::Redis::port_open($self->{port});
         sleep 0.025;
     }
@@ -99,9 +100,21 @@ CONF
     close $fh;
 }
 
+# RLTEST_VALGRIND="valgrind options": nginx (master and workers, which it
+# forks) runs under valgrind; the options should name a --log-file with %p.
+# Only the server itself, not `nginx -s` or `nginx -t`.
+sub valgrind {
+    my $opts = $ENV{RLTEST_VALGRIND};
+    return () unless defined $opts && $opts =~ /\S/;
+    return ('valgrind', '-q', split ' ', $opts);
+}
+
+# Runs nginx with @args; $self->{prefix} (a command such as valgrind) goes
+# first when set.
 sub run_nginx {
     my ($self, @args) = @_;
-    my $cmd = join ' ', nginx_binary(), '-p', "$self->{dir}/",
+    my @prefix = @{ $self->{prefix} || [] };
+    my $cmd = join ' ', @prefix, nginx_binary(), '-p', "$self->{dir}/",
         '-c', 'conf/nginx.conf', @args;
     return scalar `$cmd 2>&1`;
 }
@@ -307,7 +320,7 @@ sub stop {
     my $pid = $self->master_pid or return;
     return unless kill 0, $pid;
     kill 'QUIT', $pid;
-    for (1 .. 400) {
+    for (1 .. (valgrind() ? 2400 : 400)) {
         return unless kill 0, $pid;
         sleep 0.025;
     }
@@ -324,6 +337,14 @@ END {
 # list of strings.  Returns every string from every process.
 sub parallel {
     my ($clients, $code) = @_;
+    return parallel_wait(parallel_start($clients, $code));
+}
+
+# parallel() in two halves, so that the caller can act while the clients
+# run: parallel_start returns a handle at once, parallel_wait($handle)
+# returns the strings once every process has finished.
+sub parallel_start {
+    my ($clients, $code) = @_;
     my @kids;
     for my $i (0 .. $clients - 1) {
         pipe my $r, my $w or die $!;
@@ -338,8 +359,13 @@ sub parallel {
         close $w;
         push @kids, [$pid, $r];
     }
+    return \@kids;
+}
+
+sub parallel_wait {
+    my ($kids) = @_;
     my @out;
-    for my $kid (@kids) {
+    for my $kid (@$kids) {
         my $fh = $kid->[1];
         while (my $line = <$fh>) {
             chomp $line;

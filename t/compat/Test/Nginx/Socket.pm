@@ -81,6 +81,8 @@ our $PrevConfig;
 our $ErrLogFilePos = 0;
 our $NginxPid;              # daemonised nginx we started (from its pid file)
 our $ChildPid;              # nginx we run in the foreground (valgrind mode)
+our $ValgrindLogs;          # valgrind's --log-file pattern
+our %ValgrindChecked;       # logs already checked (kept where they are)
 our $InSubprocess;
 our $TotalConnectingTimeouts = 0;
 our $StartupErrLogOption;   # true when nginx takes "-e file" (>= 1.19.5)
@@ -525,14 +527,22 @@ sub nginx_command {
     push @cmd, '-c', $ConfFile;
     if ($valgrind) {
         my @opts = $valgrind =~ /^\d+$/
-            ? qw(--tool=memcheck --leak-check=full --show-possibly-lost=no)
+            ? qw(--tool=memcheck --leak-check=full --keep-debuginfo=yes
+                 --show-possibly-lost=no)
             : split(' ', $valgrind);
         my @supp = -f 'valgrind.suppress'
             ? ('--suppressions=valgrind.suppress') : ();
         push @supp, '--suppressions=' . write_core_suppressions();
-        unshift @cmd, 'valgrind', '--num-callers=100', '-q', @opts,
-            '--gen-suppressions=all', @supp,
-            "--log-file=$LogDir/valgrind.%p.log";
+        # options that name a log file keep it (as with the real runner,
+        # which passes a non-numeric TEST_NGINX_USE_VALGRIND as it is):
+        # a caller collecting the logs of several suites needs them
+        # outside the server root, which the next suite wipes
+        my ($own) = grep { /^--log-file=/ } @opts;
+        $ValgrindLogs = $own ? substr($own, length '--log-file=')
+                             : "$LogDir/valgrind.%p.log";
+        unshift @cmd, 'valgrind', '--num-callers=100', '-q',
+            '--gen-suppressions=all', @supp, @opts,
+            $own ? () : ("--log-file=$ValgrindLogs");
     }
     return \@cmd;
 }
@@ -1996,13 +2006,21 @@ sub check_access_log {
 # assertion, so a clean run keeps the plan).
 sub check_valgrind_logs {
     my $name = shift;
-    for my $log (sort glob("$LogDir/valgrind.*.log")) {
+    my $pattern = defined $ValgrindLogs ? $ValgrindLogs
+                                        : "$LogDir/valgrind.%p.log";
+    my $own = $pattern ne "$LogDir/valgrind.%p.log";
+    (my $glob = $pattern) =~ s/%(?:p|q\{[^}]*\}|n)/*/g;
+    for my $log (sort glob($glob)) {
+        next if $ValgrindChecked{$log}++;
         my $text = slurp($log);
         my @bad = grep {
             /\bare definitely lost in loss record\b/
             || /\bInvalid (?:read|write) of size\b/
-            || /\bInvalid (?:free|delete)\b/
+            || /\bInvalid (?:free|delete|realloc)\b/
             || /\bMismatched free\b/
+            || /\bdepends on uninitialised value/
+            || /\bUse of uninitialised value\b/
+            || /\bpoints to uninitialised byte/
         } split /^/m, $text;
         if (@bad) {
             Test::More::fail("$name - valgrind reported memory errors in "
@@ -2011,7 +2029,7 @@ sub check_valgrind_logs {
         } elsif ($text =~ /\S/) {
             Test::More::diag("$name - valgrind output ($log):\n$text");
         }
-        rename $log, "$log.checked";
+        rename $log, "$log.checked" unless $own;
     }
 }
 
