@@ -20,6 +20,7 @@ use HTTP::Tiny;
 use IO::Socket::INET;
 use JSON::PP ();
 use POSIX ();
+use Digest::MD5 ();
 use Test::More;
 use Time::HiRes qw(sleep time);
 
@@ -80,30 +81,37 @@ my $na = RLTest::Nginx->start(workers => 2, http => config_for(\@short));
 # Redis; the probes' counts are deleted afterwards.
 
 my $run = "$$" . int(time);
+# (an MD5 in each id: twemproxy's hash puts ids that differ only in a
+# counter on one shard more often than not)
 sub probe_on_s0 {
     for my $i (1 .. 40) {
-        my $st = $na->get('/exact/x', 'X-User-Id' => "SX${run}c${i}e")->{status};
+        my $id = "SX${run}" . Digest::MD5::md5_hex("$run-$i") . "c${i}e";
+        my $st = $na->get('/exact/x', 'X-User-Id' => $id)->{status};
         die "probe: $st\n" unless $st == 200;
     }
     my %on;
-    for (split /\n/, $s[0]->cli('--scan', '--pattern', "*SX${run}c*")) {
-        $on{$1} = 1 if /SX${run}c(\d+)e/;
+    for (split /\n/, $s[0]->cli('--scan', '--pattern', "*SX${run}*")) {
+        $on{$1} = 1 if /SX${run}[0-9a-f]{32}c(\d+)e/;
     }
     return \%on;
 }
+sub forget_probes {
+    for my $shard (@s) {
+        for my $key (split /\n/, $shard->cli('--scan', '--pattern', "*SX${run}*")) {
+            $key =~ s/^"|"$//g;
+            $shard->cli('DEL', $key);
+        }
+    }
+}
 my $on_short = probe_on_s0();
+forget_probes();
 is $na->reload_nowait(config_for(\@long)), 1, 'probe: reload to the long list';
 my $on_long = probe_on_s0();
 my ($pick) = sort { $a <=> $b } grep { $on_long->{$_} } keys %$on_short;
 ok defined $pick, 'a caller counted on S0 with both lists'
     or BAIL_OUT('no caller found on S0');
-my $exact = "SX${run}c${pick}e";
-for my $shard (@s) {
-    for my $key (split /\n/, $shard->cli('--scan', '--pattern', "*SX${run}c*")) {
-        $key =~ s/^"|"$//g;
-        $shard->cli('DEL', $key);
-    }
-}
+my $exact = "SX${run}" . Digest::MD5::md5_hex("$run-$pick") . "c${pick}e";
+forget_probes();
 is $na->reload_nowait(config_for(\@short)), 1, 'probe: back to the short list';
 
 my $nb = RLTest::Nginx->start(workers => 2, http => config_for(\@short));
