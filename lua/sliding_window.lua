@@ -21,16 +21,20 @@
 -- x - x % 1 for floor(x) (exact for x >= 0), and numeric strings that are
 -- already checked converted by arithmetic.
 
+-- RL_MAX_LIMIT, RL_MIN_WINDOW_MS and RL_MAX_WINDOW_MS are set by lines the
+-- module puts in front of this file, from src/rl_rule.h (the bounds of a
+-- rule everywhere); t/003-lua-scripts.t does the same.
+--
 -- Strictly digits: "1e3", "-1", "2.5", " 5" or "" are caller bugs, and
 -- guessing what they meant could silently give a wrong decision.
 local s = ARGV[1]
 local L = s and string.find(s, '^%d+$') and s + 0
-if not L or L < 1 or L > 1000000000 then
+if not L or L < 1 or L > RL_MAX_LIMIT then
     return redis.error_reply('ERR ratelimit: bad limit')
 end
 s = ARGV[2]
 local W = s and string.find(s, '^%d+$') and s + 0
-if not W or W < 1000 or W > 86400000 then
+if not W or W < RL_MIN_WINDOW_MS or W > RL_MAX_WINDOW_MS then
     return redis.error_reply('ERR ratelimit: bad window')
 end
 -- ARGV[3], optional: the deadline of the check, in ms of this server's
@@ -84,8 +88,8 @@ end
 local keep = false
 if w == W and win and cur and prev
         and win >= 0 and win <= idx + 1 and win % 1 == 0
-        and cur >= 0 and cur <= 1000000000 and cur % 1 == 0
-        and prev >= 0 and prev <= 1000000000 and prev % 1 == 0 then
+        and cur >= 0 and cur <= RL_MAX_LIMIT and cur % 1 == 0
+        and prev >= 0 and prev <= RL_MAX_LIMIT and prev % 1 == 0 then
     if win >= idx then
         -- No rollover: whoever wrote this state in this window set the
         -- TTL to the end of the next one, which is what it still is.

@@ -20,16 +20,20 @@
 -- Hence x - x % 1 for floor(x) (exact for x >= 0), and numeric strings
 -- that are already checked converted by arithmetic.
 
+-- RL_MAX_LIMIT, RL_MIN_WINDOW_MS and RL_MAX_WINDOW_MS are set by lines the
+-- module puts in front of this file, from src/rl_rule.h (the bounds of a
+-- rule everywhere); t/003-lua-scripts.t does the same.
+--
 -- Strictly digits: "1e3", "-1", "2.5", " 5" or "" are caller bugs, and
 -- guessing what they meant could silently give a wrong decision.
 local s = ARGV[1]
 local L = s and string.find(s, '^%d+$') and s + 0
-if not L or L < 1 or L > 1000000000 then
+if not L or L < 1 or L > RL_MAX_LIMIT then
     return redis.error_reply('ERR ratelimit: bad limit')
 end
 s = ARGV[2]
 local W = s and string.find(s, '^%d+$') and s + 0
-if not W or W < 1000 or W > 86400000 then
+if not W or W < RL_MIN_WINDOW_MS or W > RL_MAX_WINDOW_MS then
     return redis.error_reply('ERR ratelimit: bad window')
 end
 -- ARGV[3], optional: the deadline of the check, in ms of this server's
@@ -78,8 +82,8 @@ end
 -- A state we cannot trust (wrong length, NaN/inf, negative, a fraction,
 -- out of range, a ts more than a window ahead) is a fresh key.
 if ts and ts >= 0 and ts <= now + W and ts % 1 == 0
-        and u >= 0 and u <= 86400000000000000 and u % 1 == 0
-        and w >= 1000 and w <= 86400000 and w % 1 == 0 then
+        and u >= 0 and u <= RL_MAX_LIMIT * RL_MAX_WINDOW_MS and u % 1 == 0
+        and w >= RL_MIN_WINDOW_MS and w <= RL_MAX_WINDOW_MS and w % 1 == 0 then
     -- Counted with another window: the same tokens in the new unit,
     -- rounded up.
     if w ~= W then

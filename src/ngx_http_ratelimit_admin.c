@@ -754,7 +754,7 @@ ngx_http_ratelimit_admin_done(ngx_http_ratelimit_admin_ctx_t *ctx)
     ngx_str_t                    body;
     ngx_int_t                    rc;
     ngx_uint_t                   i, failed, written, existed;
-    ngx_http_ratelimit_rule_t    old;
+    rl_limit_t                   old;
 
     if (ctx->finished) {
         return;
@@ -1019,7 +1019,7 @@ ngx_http_ratelimit_admin_got(void *data, redisReply *reply)
 
     ngx_int_t                        rc;
     ngx_str_t                        body;
-    ngx_http_ratelimit_rule_t        rule;
+    rl_limit_t                       rule;
     ngx_http_ratelimit_admin_ctx_t  *ctx;
 
     ctx = as->ctx;
@@ -1057,11 +1057,8 @@ ngx_http_ratelimit_admin_got(void *data, redisReply *reply)
     }
 
     ctx->rule.limit = rule.limit;
-    ctx->rule.window = rule.window / 1000;
-    ctx->rule.algorithm = !rule.has_algorithm ? RL_RULE_ALGORITHM_NONE
-                          : rule.algorithm == NGX_HTTP_RATELIMIT_TOKEN_BUCKET
-                          ? RL_RULE_ALGORITHM_TOKEN_BUCKET
-                          : RL_RULE_ALGORITHM_SLIDING_WINDOW;
+    ctx->rule.window = rule.window;
+    ctx->rule.algorithm = rule.algorithm;
 
     rc = ngx_http_ratelimit_admin_rule_json(ctx->request, &ctx->rule, &body);
 

@@ -88,13 +88,13 @@ ngx_http_ratelimit_cache_insert_value(ngx_rbtree_node_t *temp,
 
 
 /*
- * NGX_OK: *rule is the cached answer (rule->has_rule says whether the
- * customer has a rule of its own).  NGX_DECLINED: not known, ask Redis.
+ * NGX_OK: *rule is the cached answer (rule->limit 0: the customer has no
+ * rule of its own).  NGX_DECLINED: not known, ask Redis.
  */
 
 ngx_int_t
 ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
-    u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule)
+    u_char *customer, size_t len, rl_limit_t *rule)
 {
     uint32_t                     hash;
     ngx_int_t                    rc;
@@ -135,8 +135,7 @@ ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
 
 void
 ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
-    u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule,
-    ngx_uint_t epoch)
+    u_char *customer, size_t len, rl_limit_t *rule, ngx_uint_t epoch)
 {
     ngx_http_ratelimit_entry_t  *e;
 

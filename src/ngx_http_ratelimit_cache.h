@@ -21,7 +21,7 @@ typedef struct {
     ngx_uint_t                      epoch;
     ngx_msec_t                      until;       /* deny: denied until */
     ngx_msec_t                      reset_until; /* deny: quota full at */
-    ngx_http_ratelimit_rule_t       rule;        /* rule cache */
+    rl_limit_t                      rule;        /* rule cache */
     u_short                         len;
     u_char                          data[1];
 } ngx_http_ratelimit_entry_t;
@@ -40,10 +40,9 @@ void ngx_http_ratelimit_cache_init(ngx_http_ratelimit_cache_t *cache);
 void ngx_http_ratelimit_cache_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 ngx_int_t ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
-    u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule);
+    u_char *customer, size_t len, rl_limit_t *rule);
 void ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
-    u_char *customer, size_t len, ngx_http_ratelimit_rule_t *rule,
-    ngx_uint_t epoch);
+    u_char *customer, size_t len, rl_limit_t *rule, ngx_uint_t epoch);
 ngx_int_t ngx_http_ratelimit_deny_cache_get(ngx_http_ratelimit_zone_t *zone,
     u_char *key, size_t len, ngx_msec_t *retry_ms, ngx_msec_t *reset_ms);
 void ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,

@@ -39,7 +39,7 @@ typedef struct {
     ngx_str_t                          caller;     /* the limiting value */
     ngx_str_t                         *key_name;   /* which value it is */
     ngx_str_t                          customer;   /* whose rule applies */
-    ngx_http_ratelimit_rule_t          rule;       /* the limit in force */
+    rl_limit_t                         rule;       /* the limit in force */
     ngx_uint_t                         epoch;      /* of the zone's caches */
 
     size_t                             key_len;
@@ -85,6 +85,8 @@ static ngx_uint_t ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_caller(ngx_http_request_t *r,
     ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_ctx_t *ctx,
+    rl_limit_t *rule);
 static void ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
     redisReply *reply);
 static ngx_int_t ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx);
@@ -114,14 +116,36 @@ static ngx_http_ratelimit_script_t *ngx_http_ratelimit_script(
     ngx_uint_t algorithm);
 
 
+/*
+ * The limiter scripts start with the bounds of a rule, from rl_rule.h: the
+ * configuration, the admin endpoint and the scripts refuse alike.
+ */
+
+#define ngx_http_ratelimit_stringify(n)   ngx_http_ratelimit_stringify_(n)
+#define ngx_http_ratelimit_stringify_(n)  #n
+
+#define NGX_HTTP_RATELIMIT_LUA_BOUNDS                                         \
+    "local RL_MAX_LIMIT = "                                                   \
+    ngx_http_ratelimit_stringify(RL_RULE_MAX_LIMIT) "\n"                      \
+    "local RL_MIN_WINDOW_MS = "                                               \
+    ngx_http_ratelimit_stringify(RL_RULE_MIN_WINDOW) " * 1000\n"              \
+    "local RL_MAX_WINDOW_MS = "                                               \
+    ngx_http_ratelimit_stringify(RL_RULE_MAX_WINDOW) " * 1000\n"
+
+
+/* indexed by RL_RULE_ALGORITHM_* */
+
 static ngx_http_ratelimit_script_t  ngx_http_ratelimit_scripts[] = {
-    { ngx_string(NGX_HTTP_RATELIMIT_LUA_TOKEN_BUCKET), "" },
-    { ngx_string(NGX_HTTP_RATELIMIT_LUA_SLIDING_WINDOW), "" }
+    { ngx_null_string, "" },
+    { ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS
+                 NGX_HTTP_RATELIMIT_LUA_TOKEN_BUCKET), "" },
+    { ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS
+                 NGX_HTTP_RATELIMIT_LUA_SLIDING_WINDOW), "" }
 };
 
 
 static const char  *ngx_http_ratelimit_prefixes[] = {
-    "rl:tb:", "rl:sw:"
+    "", "rl:tb:", "rl:sw:"
 };
 
 
@@ -144,6 +168,7 @@ ngx_int_t
 ngx_http_ratelimit_handler(ngx_http_request_t *r)
 {
     ngx_int_t                        rc;
+    rl_limit_t                       rule;
     ngx_pool_cleanup_t              *cln;
     ngx_http_ratelimit_ctx_t        *ctx;
     ngx_http_ratelimit_loc_conf_t   *rlcf;
@@ -214,10 +239,10 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     ctx->rule.algorithm = rlcf->algorithm;
 
     if (ctx->customer.len > 0
-        && ctx->customer.len <= NGX_HTTP_RATELIMIT_MAX_CUSTOMER)
+        && ctx->customer.len <= RL_RULE_MAX_CUSTOMER_ID)
     {
         rc = ngx_http_ratelimit_rule_cache_get(ctx->zone, ctx->customer.data,
-                                               ctx->customer.len, &ctx->rule);
+                                               ctx->customer.len, &rule);
         if (rc == NGX_DECLINED) {
             rc = ngx_http_ratelimit_lookup_rule(ctx);
 
@@ -229,14 +254,7 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        if (!ctx->rule.has_rule) {
-            ctx->rule.limit = rlcf->limit;
-            ctx->rule.window = rlcf->window;
-        }
-
-        if (!ctx->rule.has_algorithm) {
-            ctx->rule.algorithm = rlcf->algorithm;
-        }
+        ngx_http_ratelimit_apply_rule(ctx, &rule);
     }
 
     rc = ngx_http_ratelimit_check(ctx);
@@ -465,11 +483,11 @@ ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
     u_char                     *escaped;
     size_t                      len;
     ngx_int_t                   rc;
-    ngx_http_ratelimit_rule_t   rule;
+    rl_limit_t                  rule;
 
     ctx->lookup = 0;
 
-    ngx_memzero(&rule, sizeof(ngx_http_ratelimit_rule_t));
+    ngx_memzero(&rule, sizeof(rl_limit_t));
 
     if (reply->type == REDIS_REPLY_STRING) {
         rc = ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
@@ -484,7 +502,7 @@ ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
                           "on shard %V, using the default",
                           len, escaped,
                           ngx_http_ratelimit_redis_name(ctx->conn));
-            ngx_memzero(&rule, sizeof(ngx_http_ratelimit_rule_t));
+            ngx_memzero(&rule, sizeof(rl_limit_t));
         }
 
     } else if (reply->type != REDIS_REPLY_NIL) {
@@ -496,19 +514,31 @@ ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
     ngx_http_ratelimit_rule_cache_put(ctx->zone, ctx->customer.data,
                                       ctx->customer.len, &rule, ctx->epoch);
 
-    if (rule.has_rule) {
-        ctx->rule.limit = rule.limit;
-        ctx->rule.window = rule.window;
-    }
-
-    if (rule.has_algorithm) {
-        ctx->rule.algorithm = rule.algorithm;
-    }
+    ngx_http_ratelimit_apply_rule(ctx, &rule);
 
     rc = ngx_http_ratelimit_check(ctx);
 
     if (rc != NGX_AGAIN) {
         ngx_http_ratelimit_resume(ctx, rc);
+    }
+}
+
+
+/*
+ * A customer's rule (from the cache or a shard) over the location's
+ * default: limit 0 is no rule, algorithm NONE the location's.
+ */
+
+static void
+ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_ctx_t *ctx, rl_limit_t *rule)
+{
+    if (rule->limit) {
+        ctx->rule.limit = rule->limit;
+        ctx->rule.window = rule->window;
+    }
+
+    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
+        ctx->rule.algorithm = rule->algorithm;
     }
 }
 
@@ -626,7 +656,7 @@ ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx)
     ctx->key_len = p - ctx->key;
 
     p = ngx_cpymem(ctx->limit_id, ctx->key, ctx->key_len);
-    p = ngx_sprintf(p, "%Z%ui%Z%M", ctx->rule.limit, ctx->rule.window);
+    p = ngx_sprintf(p, "%Z%L%Z%L", ctx->rule.limit, ctx->rule.window);
 
     ctx->limit_id_len = p - ctx->limit_id;
 }
@@ -663,11 +693,11 @@ ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
     argv[3] = (const char *) ctx->key;
     argvlen[3] = ctx->key_len;
 
-    p = ngx_sprintf(limit, "%ui", ctx->rule.limit);
+    p = ngx_sprintf(limit, "%L", ctx->rule.limit);
     argv[4] = (const char *) limit;
     argvlen[4] = p - limit;
 
-    p = ngx_sprintf(window, "%M", ctx->rule.window);
+    p = ngx_sprintf(window, "%L", ctx->rule.window * 1000);
     argv[5] = (const char *) window;
     argvlen[5] = p - window;
 
@@ -942,8 +972,8 @@ ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
     switch (ctx->conf->headers) {
 
     case NGX_HTTP_RATELIMIT_HEADERS_DRAFT:
-        p = ngx_sprintf(buf, "\"default\";q=%ui;w=%M",
-                        ctx->rule.limit, ctx->rule.window / 1000);
+        p = ngx_sprintf(buf, "\"default\";q=%L;w=%L",
+                        ctx->rule.limit, ctx->rule.window);
 
         if (ngx_http_ratelimit_add_header(r, "RateLimit-Policy", buf, p)
             != NGX_OK)
@@ -957,7 +987,7 @@ ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
         return ngx_http_ratelimit_add_header(r, "RateLimit", buf, p);
 
     case NGX_HTTP_RATELIMIT_HEADERS_LEGACY:
-        p = ngx_sprintf(buf, "%ui", ctx->rule.limit);
+        p = ngx_sprintf(buf, "%L", ctx->rule.limit);
 
         if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Limit", buf, p)
             != NGX_OK)

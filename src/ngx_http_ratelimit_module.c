@@ -47,8 +47,8 @@ static void ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_conf_enum_t  ngx_http_ratelimit_algorithms[] = {
-    { ngx_string("token_bucket"), NGX_HTTP_RATELIMIT_TOKEN_BUCKET },
-    { ngx_string("sliding_window"), NGX_HTTP_RATELIMIT_SLIDING_WINDOW },
+    { ngx_string("token_bucket"), RL_RULE_ALGORITHM_TOKEN_BUCKET },
+    { ngx_string("sliding_window"), RL_RULE_ALGORITHM_SLIDING_WINDOW },
     { ngx_null_string, 0 }
 };
 
@@ -250,7 +250,7 @@ ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf)
     conf->keys = NGX_CONF_UNSET_PTR;
     conf->customer = NGX_CONF_UNSET_PTR;
     conf->limit = NGX_CONF_UNSET_UINT;
-    conf->window = NGX_CONF_UNSET_MSEC;
+    conf->window = NGX_CONF_UNSET_UINT;
     conf->algorithm = NGX_CONF_UNSET_UINT;
     conf->fail = NGX_CONF_UNSET_UINT;
     conf->status = NGX_CONF_UNSET_UINT;
@@ -280,9 +280,9 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     ngx_conf_merge_uint_value(conf->limit, prev->limit, 100);
-    ngx_conf_merge_msec_value(conf->window, prev->window, 60000);
+    ngx_conf_merge_uint_value(conf->window, prev->window, 60);
     ngx_conf_merge_uint_value(conf->algorithm, prev->algorithm,
-                              NGX_HTTP_RATELIMIT_TOKEN_BUCKET);
+                              RL_RULE_ALGORITHM_TOKEN_BUCKET);
     ngx_conf_merge_uint_value(conf->fail, prev->fail,
                               NGX_HTTP_RATELIMIT_FAIL_OPEN);
     ngx_conf_merge_uint_value(conf->status, prev->status,
@@ -633,20 +633,20 @@ ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     limit = ngx_atoi(value[1].data, value[1].len);
 
-    if (limit == NGX_ERROR || limit < 1
-        || limit > NGX_HTTP_RATELIMIT_MAX_LIMIT)
-    {
+    if (limit == NGX_ERROR || limit < 1 || limit > RL_RULE_MAX_LIMIT) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid limit \"%V\", must be 1 to %d",
-                           &value[1], NGX_HTTP_RATELIMIT_MAX_LIMIT);
+                           &value[1], RL_RULE_MAX_LIMIT);
         return NGX_CONF_ERROR;
     }
+
+    /* the bounds of the admin endpoint's rules, in ms */
 
     window = ngx_parse_time(&value[2], 0);
 
     if (window == NGX_ERROR
-        || window < NGX_HTTP_RATELIMIT_MIN_WINDOW
-        || window > NGX_HTTP_RATELIMIT_MAX_WINDOW)
+        || window < RL_RULE_MIN_WINDOW * 1000
+        || window > RL_RULE_MAX_WINDOW * 1000)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid window \"%V\", must be 1s to 1d",
@@ -662,7 +662,7 @@ ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     rlcf->limit = limit;
-    rlcf->window = window;
+    rlcf->window = window / 1000;
 
     return NGX_CONF_OK;
 }

@@ -23,6 +23,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "rl_rule.h"        /* the rule, its algorithms and bounds */
+
 
 typedef struct ngx_http_ratelimit_zone_s  ngx_http_ratelimit_zone_t;
 typedef struct ngx_http_ratelimit_ring_s  ngx_http_ratelimit_ring_t;
@@ -30,23 +32,12 @@ typedef struct ngx_http_ratelimit_conn_s  ngx_http_ratelimit_conn_t;
 typedef struct ngx_http_ratelimit_slot_s  ngx_http_ratelimit_slot_t;
 
 
-#define NGX_HTTP_RATELIMIT_TOKEN_BUCKET     0
-#define NGX_HTTP_RATELIMIT_SLIDING_WINDOW   1
-#define NGX_HTTP_RATELIMIT_NALGORITHMS      2
-
 #define NGX_HTTP_RATELIMIT_FAIL_OPEN        0
 #define NGX_HTTP_RATELIMIT_FAIL_CLOSED      1
 
 #define NGX_HTTP_RATELIMIT_HEADERS_OFF      0
 #define NGX_HTTP_RATELIMIT_HEADERS_DRAFT    1
 #define NGX_HTTP_RATELIMIT_HEADERS_LEGACY   2
-
-#define NGX_HTTP_RATELIMIT_MAX_LIMIT        1000000000
-#define NGX_HTTP_RATELIMIT_MIN_WINDOW       1000
-#define NGX_HTTP_RATELIMIT_MAX_WINDOW       86400000
-
-/* customer ids: as the admin endpoint accepts them */
-#define NGX_HTTP_RATELIMIT_MAX_CUSTOMER     256
 
 /*
  * Caller keys longer than this are replaced by their SHA-1 in the Redis key,
@@ -91,9 +82,9 @@ typedef struct {
     ngx_array_t                    *keys;       /* complex values, NULL: off */
     ngx_array_t                    *key_names;  /* ngx_str_t, one per key */
     ngx_http_complex_value_t       *customer;   /* whose rule, NULL: key */
-    ngx_uint_t                      limit;
-    ngx_msec_t                      window;
-    ngx_uint_t                      algorithm;
+    ngx_uint_t                      limit;      /* the default */
+    ngx_uint_t                      window;     /* seconds */
+    ngx_uint_t                      algorithm;  /* RL_RULE_ALGORITHM_* */
     ngx_uint_t                      fail;
     ngx_uint_t                      status;
     ngx_uint_t                      headers;

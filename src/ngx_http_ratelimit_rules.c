@@ -106,13 +106,13 @@ ngx_http_ratelimit_rules_eval(const char **argv, size_t *argvlen,
 
 
 /*
- * Parses a stored rule.  NGX_OK: *rule is the customer's; NGX_DECLINED: the
+ * Parses a stored rule.  NGX_OK: *limit is the customer's; NGX_DECLINED: the
  * customer has no rule (a tombstone); NGX_ERROR: garbled.
  */
 
 ngx_int_t
-ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
-    ngx_http_ratelimit_rule_t *rule, uint64_t *stamp)
+ngx_http_ratelimit_rule_parse(u_char *stored, size_t len, rl_limit_t *limit,
+    uint64_t *stamp)
 {
     u_char     *p, *last;
     uint64_t    n;
@@ -142,7 +142,7 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
         *stamp = n;
     }
 
-    ngx_memzero(rule, sizeof(ngx_http_ratelimit_rule_t));
+    ngx_memzero(limit, sizeof(rl_limit_t));
 
     /* an undone write: the rule in force is the one it undid back to */
 
@@ -158,25 +158,9 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
         return NGX_ERROR;
     }
 
-    rule->has_rule = 1;
-    rule->limit = (ngx_uint_t) r.limit;
-    rule->window = (ngx_msec_t) r.window * 1000;
-
-    switch (r.algorithm) {
-
-    case RL_RULE_ALGORITHM_TOKEN_BUCKET:
-        rule->has_algorithm = 1;
-        rule->algorithm = NGX_HTTP_RATELIMIT_TOKEN_BUCKET;
-        break;
-
-    case RL_RULE_ALGORITHM_SLIDING_WINDOW:
-        rule->has_algorithm = 1;
-        rule->algorithm = NGX_HTTP_RATELIMIT_SLIDING_WINDOW;
-        break;
-
-    default:
-        break;
-    }
+    limit->limit = r.limit;
+    limit->window = r.window;
+    limit->algorithm = r.algorithm;
 
     return NGX_OK;
 }

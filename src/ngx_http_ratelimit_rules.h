@@ -16,23 +16,17 @@
 #define NGX_HTTP_RATELIMIT_RULES_KEY        "rl:rules"
 #define NGX_HTTP_RATELIMIT_RULES_VERSION    "rl:rules:version"
 
-/* the limit a request is held to: a customer's rule or the default */
-typedef struct {
-    ngx_uint_t                      limit;
-    ngx_msec_t                      window;
-    ngx_uint_t                      algorithm;   /* NGX_HTTP_RATELIMIT_* */
-    unsigned                        has_rule:1;  /* else: location default */
-    unsigned                        has_algorithm:1;
-} ngx_http_ratelimit_rule_t;
-
-
 ngx_int_t ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf);
 void ngx_http_ratelimit_rules_exit_process(ngx_cycle_t *cycle);
 void ngx_http_ratelimit_rules_eval(const char **argv, size_t *argvlen,
     const char *body, size_t len);
+/*
+ * A stored rule: NGX_OK and *limit, NGX_DECLINED when the customer has no
+ * rule (deleted), NGX_ERROR when garbled; *stamp when not NULL.
+ */
 ngx_int_t ngx_http_ratelimit_rule_parse(u_char *stored, size_t len,
-    ngx_http_ratelimit_rule_t *rule, uint64_t *stamp);
+    rl_limit_t *limit, uint64_t *stamp);
 
 
 

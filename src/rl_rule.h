@@ -24,6 +24,21 @@
 #define RL_RULE_ALGORITHM_SLIDING_WINDOW  2
 
 
+/*
+ * The part of a rule that limits, as every layer carries it: the admin
+ * endpoint, the store, the rule cache, the check.  Whole seconds and
+ * RL_RULE_ALGORITHM_*, the same bounds everywhere (the limiter scripts get
+ * theirs from here too, see ngx_http_ratelimit_handler.c).  limit 0: no
+ * rule (the location's default); algorithm NONE: the location's.
+ */
+
+typedef struct {
+    long long      limit;
+    long long      window;      /* seconds */
+    int            algorithm;   /* RL_RULE_ALGORITHM_* */
+} rl_limit_t;
+
+
 /* customer_id is not NUL-terminated: all 256 bytes may be the id */
 
 typedef struct {

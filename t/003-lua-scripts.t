@@ -29,12 +29,22 @@ sub slurp {
     return scalar <$fh>;
 }
 
-my %body = (tb => slurp('lua/token_bucket.lua'),
-            sw => slurp('lua/sliding_window.lua'));
+# The module puts the bounds of a rule (src/rl_rule.h) in front of each
+# script, as these lines (ngx_http_ratelimit_handler.c).
+sub bounds {
+    my $h = slurp('src/rl_rule.h');
+    my %d = $h =~ /^#define\s+(RL_RULE_\w+)\s+(\d+)/mg;
+    return "local RL_MAX_LIMIT = $d{RL_RULE_MAX_LIMIT}\n"
+         . "local RL_MIN_WINDOW_MS = $d{RL_RULE_MIN_WINDOW} * 1000\n"
+         . "local RL_MAX_WINDOW_MS = $d{RL_RULE_MAX_WINDOW} * 1000\n";
+}
+
+my %body = (tb => bounds() . slurp('lua/token_bucket.lua'),
+            sw => bounds() . slurp('lua/sliding_window.lua'));
 my %sha;
 for my $alg (sort keys %body) {
     $sha{$alg} = $r->script_load($body{$alg});
-    is $sha{$alg}, sha1_hex($body{$alg}), "$alg: SCRIPT LOAD gives the sha1 of the file";
+    is $sha{$alg}, sha1_hex($body{$alg}), "$alg: SCRIPT LOAD gives the sha1 of the bounds and the file";
 }
 
 # One limiter call: (allowed, remaining, retry_after_ms, reset_ms).
