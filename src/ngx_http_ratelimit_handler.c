@@ -27,20 +27,21 @@
 #include <ngx_sha1.h>
 
 
+/* the most limits one request is checked against */
+#define NGX_HTTP_RATELIMIT_MAX_CHECKS  16
+
+
+typedef struct ngx_http_ratelimit_ctx_s  ngx_http_ratelimit_ctx_t;
+
+
+/* one limit a request is checked against, with its own state */
 typedef struct {
-    ngx_http_request_t                *request;
-    ngx_http_ratelimit_loc_conf_t     *conf;
-    ngx_http_ratelimit_zone_t         *zone;
-    ngx_http_ratelimit_conn_t         *conn;
-    ngx_http_ratelimit_slot_t         *slot;
-    ngx_http_ratelimit_health_t       *health;
-    ngx_event_t                        timer;
+    ngx_http_ratelimit_ctx_t          *ctx;        /* the request's */
 
     ngx_str_t                          caller;     /* the limiting value */
     ngx_str_t                         *key_name;   /* which value it is */
     ngx_str_t                          customer;   /* whose rule applies */
     rl_limit_t                         rule;       /* the limit in force */
-    ngx_uint_t                         epoch;      /* of the zone's caches */
 
     size_t                             key_len;
     u_char                             key[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY];
@@ -50,15 +51,33 @@ typedef struct {
     u_char                             limit_id[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY
                                                 + 2 * NGX_INT64_LEN];
 
-    ngx_uint_t                         shard;
+    ngx_http_ratelimit_conn_t         *conn;
+    ngx_http_ratelimit_slot_t         *slot;       /* a command in flight */
+    ngx_http_ratelimit_health_t       *health;
     int64_t                            deadline;   /* shard's clock, ms */
 
-    ngx_int_t                          rc;
+    ngx_int_t                          rc;         /* DECLINED: passed */
 
-    unsigned                           waiting:1;
-    unsigned                           lookup:1;   /* the HGET of the rule */
+    unsigned                           pending:1;  /* waits for a shard */
     unsigned                           eval:1;     /* resent after NOSCRIPT */
-} ngx_http_ratelimit_ctx_t;
+} ngx_http_ratelimit_check_t;
+
+
+/* the request's: its checks, settled one by one, and the one timeout */
+struct ngx_http_ratelimit_ctx_s {
+    ngx_http_request_t                *request;
+    ngx_http_ratelimit_loc_conf_t     *conf;
+    ngx_http_ratelimit_zone_t         *zone;
+    ngx_uint_t                         epoch;      /* of the zone's caches */
+    ngx_msec_t                         timeout;
+    ngx_event_t                        timer;
+
+    ngx_http_ratelimit_check_t        *checks;
+    ngx_uint_t                         nchecks;
+    ngx_uint_t                         pending;    /* checks still waiting */
+
+    ngx_int_t                          rc;         /* the verdict */
+};
 
 
 typedef struct {
@@ -81,36 +100,38 @@ typedef struct {
 static ngx_http_ratelimit_trail_t *ngx_http_ratelimit_trail(
     ngx_http_request_t *r, ngx_uint_t create);
 static void ngx_http_ratelimit_trail_cleanup(void *data);
-static ngx_uint_t ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx);
-static ngx_int_t ngx_http_ratelimit_caller(ngx_http_request_t *r,
-    ngx_http_ratelimit_ctx_t *ctx);
-static ngx_int_t ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx);
-static void ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_ctx_t *ctx,
+static ngx_uint_t ngx_http_ratelimit_trail_seen(
+    ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_start(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_settle(ngx_http_ratelimit_check_t *check,
+    ngx_int_t rc);
+static void ngx_http_ratelimit_suspend(ngx_http_ratelimit_check_t *check);
+static ngx_int_t ngx_http_ratelimit_verdict(ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_rule_reply(void *data, redisReply *reply);
+static void ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
     rl_limit_t *rule);
-static void ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
-    redisReply *reply);
-static ngx_int_t ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx);
-static void ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_evaluate(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check);
+static ngx_int_t ngx_http_ratelimit_send(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_check_reply(void *data, redisReply *reply);
+static void ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
+static void ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
+    rl_check_result_t *result, ngx_uint_t from_redis);
+static ngx_int_t ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
+    const char *reason);
+static ngx_int_t ngx_http_ratelimit_add_header(ngx_http_request_t *r,
+    const char *name, u_char *value, u_char *last);
+static ngx_int_t ngx_http_ratelimit_add_headers(
+    ngx_http_ratelimit_check_t *check, rl_check_result_t *result);
 static u_char *ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data,
     size_t len, size_t *escaped);
 static void ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn,
     int64_t now_ms);
 static int64_t ngx_http_ratelimit_local_ms(void);
-static ngx_msec_t ngx_http_ratelimit_timeout_of(ngx_http_ratelimit_ctx_t *ctx);
-static ngx_int_t ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx);
-static void ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx);
-static void ngx_http_ratelimit_reply(void *data, redisReply *reply);
-static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
-static void ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx,
-    ngx_int_t rc);
-static ngx_int_t ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
-    rl_check_result_t *result, ngx_uint_t from_redis);
-static ngx_int_t ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx,
-    const char *reason);
-static ngx_int_t ngx_http_ratelimit_add_header(ngx_http_request_t *r,
-    const char *name, u_char *value, u_char *last);
-static ngx_int_t ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
-    rl_check_result_t *result);
 static void ngx_http_ratelimit_cleanup(void *data);
 static ngx_http_ratelimit_script_t *ngx_http_ratelimit_script(
     ngx_uint_t algorithm);
@@ -149,9 +170,6 @@ static const char  *ngx_http_ratelimit_prefixes[] = {
 };
 
 
-static ngx_str_t  ngx_http_ratelimit_no_shard = ngx_string("no shard");
-
-
 /* request-time complaints: at most one line a second per worker */
 static ngx_msec_t  ngx_http_ratelimit_logged_at;
 
@@ -167,10 +185,10 @@ static ngx_uint_t  ngx_http_ratelimit_dropping_stalled;
 ngx_int_t
 ngx_http_ratelimit_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                        rc;
-    rl_limit_t                       rule;
+    ngx_uint_t                       i;
     ngx_pool_cleanup_t              *cln;
     ngx_http_ratelimit_ctx_t        *ctx;
+    ngx_http_ratelimit_check_t      *check;
     ngx_http_ratelimit_loc_conf_t   *rlcf;
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
@@ -189,7 +207,7 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
 
     if (ctx) {
-        return ctx->waiting ? NGX_AGAIN : ctx->rc;
+        return ctx->pending ? NGX_AGAIN : ctx->rc;
     }
 
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_ratelimit_ctx_t));
@@ -202,27 +220,26 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     ctx->request = r;
     ctx->conf = rlcf;
     ctx->zone = rmcf->shm_zone->data;
+    ctx->timeout = rmcf->timeout;
+    ctx->epoch = ctx->zone->sh->epoch;
     ctx->rc = NGX_DECLINED;
 
     ctx->timer.handler = ngx_http_ratelimit_timeout;
     ctx->timer.data = ctx;
     ctx->timer.log = r->connection->log;
 
-    ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
+    /* the location's one limit; named policies will add theirs here */
 
-    switch (ngx_http_ratelimit_caller(r, ctx)) {
-
-    case NGX_OK:
-        break;
-
-    case NGX_DECLINED:
-        return NGX_DECLINED;
-
-    default:
+    ctx->nchecks = 1;
+    ctx->checks = ngx_pcalloc(r->pool,
+                              ctx->nchecks * sizeof(ngx_http_ratelimit_check_t));
+    if (ctx->checks == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* the reply may come after the request is gone: it must find nobody */
+    ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
+
+    /* a reply may come after the request is gone: it must find nobody */
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
@@ -232,58 +249,133 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     cln->handler = ngx_http_ratelimit_cleanup;
     cln->data = ctx;
 
-    ctx->epoch = ctx->zone->sh->epoch;
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
+        check->ctx = ctx;
+        check->rc = NGX_DECLINED;
 
-    ctx->rule.limit = rlcf->limit;
-    ctx->rule.window = rlcf->window;
-    ctx->rule.algorithm = rlcf->algorithm;
-
-    if (ctx->customer.len > 0
-        && ctx->customer.len <= RL_RULE_MAX_CUSTOMER_ID)
-    {
-        rc = ngx_http_ratelimit_rule_cache_get(ctx->zone, ctx->customer.data,
-                                               ctx->customer.len, &rule);
-        if (rc == NGX_DECLINED) {
-            rc = ngx_http_ratelimit_lookup_rule(ctx);
-
-            if (rc == NGX_AGAIN) {
-                ngx_http_ratelimit_wait(ctx);
-            }
-
-            ctx->rc = rc;
-            return rc;
-        }
-
-        ngx_http_ratelimit_apply_rule(ctx, &rule);
+        ngx_http_ratelimit_start(check);
     }
 
-    rc = ngx_http_ratelimit_check(ctx);
+    if (ctx->pending) {
+        ngx_add_timer(&ctx->timer, ctx->timeout);
 
-    if (rc == NGX_AGAIN) {
-        ngx_http_ratelimit_wait(ctx);
+        r->read_event_handler = ngx_http_test_reading;
+        r->write_event_handler = ngx_http_request_empty_handler;
+
+        return NGX_AGAIN;
     }
 
-    ctx->rc = rc;
+    ctx->rc = ngx_http_ratelimit_verdict(ctx);
 
-    return rc;
+    return ctx->rc;
 }
 
 
+/*
+ * A check's first steps: its key, its rule from the cache (or a lookup),
+ * then the check itself.  It either settles at once or is left pending.
+ */
+
 static void
-ngx_http_ratelimit_wait(ngx_http_ratelimit_ctx_t *ctx)
+ngx_http_ratelimit_start(ngx_http_ratelimit_check_t *check)
 {
-    ngx_http_request_t              *r;
-    ngx_http_ratelimit_main_conf_t  *rmcf;
+    rl_limit_t                      rule;
+    ngx_http_ratelimit_ctx_t       *ctx;
+    ngx_http_ratelimit_loc_conf_t  *rlcf;
 
-    r = ctx->request;
-    rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
+    ctx = check->ctx;
+    rlcf = ctx->conf;
 
-    ngx_add_timer(&ctx->timer, rmcf->timeout);
+    switch (ngx_http_ratelimit_caller(check)) {
 
-    ctx->waiting = 1;
+    case NGX_OK:
+        break;
 
-    r->read_event_handler = ngx_http_test_reading;
-    r->write_event_handler = ngx_http_request_empty_handler;
+    case NGX_DECLINED:
+        ngx_http_ratelimit_settle(check, NGX_DECLINED);
+        return;
+
+    default:
+        ngx_http_ratelimit_settle(check, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    check->rule.limit = rlcf->limit;
+    check->rule.window = rlcf->window;
+    check->rule.algorithm = rlcf->algorithm;
+
+    if (check->customer.len > 0
+        && check->customer.len <= RL_RULE_MAX_CUSTOMER_ID)
+    {
+        if (ngx_http_ratelimit_rule_cache_get(ctx->zone, check->customer.data,
+                                              check->customer.len, &rule)
+            == NGX_DECLINED)
+        {
+            ngx_http_ratelimit_lookup_rule(check);
+            return;
+        }
+
+        ngx_http_ratelimit_apply_rule(check, &rule);
+    }
+
+    ngx_http_ratelimit_evaluate(check);
+}
+
+
+/*
+ * A check is decided: rc is NGX_DECLINED (passed) or a status.  The last
+ * one of a suspended request resumes it.
+ */
+
+static void
+ngx_http_ratelimit_settle(ngx_http_ratelimit_check_t *check, ngx_int_t rc)
+{
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+
+    check->rc = rc;
+    check->slot = NULL;
+
+    if (!check->pending) {
+        return;
+    }
+
+    check->pending = 0;
+
+    if (--ctx->pending == 0) {
+        ngx_http_ratelimit_resume(ctx);
+    }
+}
+
+
+/* the check waits for a shard: the request waits for every such check */
+
+static void
+ngx_http_ratelimit_suspend(ngx_http_ratelimit_check_t *check)
+{
+    if (!check->pending) {
+        check->pending = 1;
+        check->ctx->pending++;
+    }
+}
+
+
+/* the request passes when every check passed; else the first refusal */
+
+static ngx_int_t
+ngx_http_ratelimit_verdict(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < ctx->nchecks; i++) {
+        if (ctx->checks[i].rc != NGX_DECLINED) {
+            return ctx->checks[i].rc;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -337,13 +429,13 @@ ngx_http_ratelimit_trail_cleanup(void *data)
  */
 
 static ngx_uint_t
-ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx)
+ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_check_t *check)
 {
     ngx_str_t                   *id;
     ngx_uint_t                   i;
     ngx_http_ratelimit_trail_t  *trail;
 
-    trail = ngx_http_ratelimit_trail(ctx->request, 1);
+    trail = ngx_http_ratelimit_trail(check->ctx->request, 1);
     if (trail == NULL) {
         return 0;
     }
@@ -351,8 +443,8 @@ ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx)
     id = trail->limits.elts;
 
     for (i = 0; i < trail->limits.nelts; i++) {
-        if (id[i].len == ctx->limit_id_len
-            && ngx_memcmp(id[i].data, ctx->limit_id, id[i].len) == 0)
+        if (id[i].len == check->limit_id_len
+            && ngx_memcmp(id[i].data, check->limit_id, id[i].len) == 0)
         {
             return 1;
         }
@@ -363,14 +455,14 @@ ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx)
         return 0;
     }
 
-    id->data = ngx_pnalloc(ctx->request->pool, ctx->limit_id_len);
+    id->data = ngx_pnalloc(check->ctx->request->pool, check->limit_id_len);
     if (id->data == NULL) {
         trail->limits.nelts--;
         return 0;
     }
 
-    ngx_memcpy(id->data, ctx->limit_id, ctx->limit_id_len);
-    id->len = ctx->limit_id_len;
+    ngx_memcpy(id->data, check->limit_id, check->limit_id_len);
+    id->len = check->limit_id_len;
 
     return 0;
 }
@@ -382,43 +474,48 @@ ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_ctx_t *ctx)
  */
 
 static ngx_int_t
-ngx_http_ratelimit_caller(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
+ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check)
 {
-    ngx_uint_t                 i;
-    ngx_str_t                 *names;
-    ngx_http_complex_value_t  *cv;
+    ngx_uint_t                      i;
+    ngx_str_t                      *names;
+    ngx_http_request_t             *r;
+    ngx_http_complex_value_t       *cv;
+    ngx_http_ratelimit_loc_conf_t  *rlcf;
 
-    cv = ctx->conf->keys->elts;
-    names = ctx->conf->key_names->elts;
+    r = check->ctx->request;
+    rlcf = check->ctx->conf;
 
-    for (i = 0; i < ctx->conf->keys->nelts; i++) {
-        if (ngx_http_complex_value(r, &cv[i], &ctx->caller) != NGX_OK) {
+    cv = rlcf->keys->elts;
+    names = rlcf->key_names->elts;
+
+    for (i = 0; i < rlcf->keys->nelts; i++) {
+        if (ngx_http_complex_value(r, &cv[i], &check->caller) != NGX_OK) {
             return NGX_ERROR;
         }
 
-        if (ctx->caller.len) {
-            ctx->key_name = &names[i];
+        if (check->caller.len) {
+            check->key_name = &names[i];
             break;
         }
     }
 
-    if (ctx->caller.len == 0) {
+    if (check->caller.len == 0) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "ratelimit: every key is empty, not limited");
         return NGX_DECLINED;
     }
 
-    ctx->customer = ctx->caller;
+    check->customer = check->caller;
 
-    if (ctx->conf->customer) {
-        if (ngx_http_complex_value(r, ctx->conf->customer, &ctx->customer)
+    if (rlcf->customer) {
+        if (ngx_http_complex_value(r, rlcf->customer, &check->customer)
             != NGX_OK)
         {
             return NGX_ERROR;
         }
 
-        if (ctx->customer.len == 0) {
-            ctx->customer = ctx->caller;
+        if (check->customer.len == 0) {
+            check->customer = check->caller;
         }
     }
 
@@ -428,99 +525,101 @@ ngx_http_ratelimit_caller(ngx_http_request_t *r, ngx_http_ratelimit_ctx_t *ctx)
 
 /* the customer's rule is not cached: ask a live shard, all hold every rule */
 
-static ngx_int_t
-ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_ctx_t *ctx)
+static void
+ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check)
 {
-    ngx_int_t    shard;
-    ngx_uint_t   tried;
-    const char  *argv[3];
-    size_t       argvlen[3];
+    ngx_int_t                  shard;
+    ngx_uint_t                 tried;
+    const char                *argv[3];
+    size_t                     argvlen[3];
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
 
     tried = 0;
     shard = ngx_http_ratelimit_ring_next_live(ctx->zone->ring,
-                                              ctx->customer.data,
-                                              ctx->customer.len, &tried);
+                                              check->customer.data,
+                                              check->customer.len, &tried);
 
     if (shard == NGX_ERROR) {
-        ctx->health = NULL;
-        ctx->conn = NULL;
-        return ngx_http_ratelimit_failed(ctx, "every shard is down");
+        ngx_http_ratelimit_settle(check,
+                  ngx_http_ratelimit_failed(check, "every shard is down"));
+        return;
     }
 
-    ctx->shard = shard;
-    ctx->health = &ctx->zone->ring->health[shard];
-    ctx->conn = ngx_http_ratelimit_redis_conn(shard);
-
-    if (ctx->conn == NULL) {
-        return ngx_http_ratelimit_failed(ctx, "no connection to the shard");
-    }
-
-    ctx->lookup = 1;
+    check->health = &ctx->zone->ring->health[shard];
+    check->conn = ngx_http_ratelimit_redis_conn(shard);
 
     argv[0] = "HGET";
     argvlen[0] = 4;
     argv[1] = NGX_HTTP_RATELIMIT_RULES_KEY;
     argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[2] = (const char *) ctx->customer.data;
-    argvlen[2] = ctx->customer.len;
+    argv[2] = (const char *) check->customer.data;
+    argvlen[2] = check->customer.len;
 
-    ctx->slot = ngx_http_ratelimit_redis_send(ctx->conn, 3, argv, argvlen,
-                                              ngx_http_ratelimit_reply, ctx);
-    if (ctx->slot == NULL) {
-        return ngx_http_ratelimit_failed(ctx, "shard is unreachable");
+    check->slot = ngx_http_ratelimit_redis_send(check->conn, 3, argv, argvlen,
+                                                ngx_http_ratelimit_rule_reply,
+                                                check);
+    if (check->slot == NULL) {
+        ngx_http_ratelimit_settle(check,
+                  ngx_http_ratelimit_failed(check, "shard is unreachable"));
+        return;
     }
 
     ngx_http_ratelimit_count(rule_lookups, 1);
 
-    return NGX_AGAIN;
+    ngx_http_ratelimit_suspend(check);
 }
 
 
 static void
-ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
-    redisReply *reply)
+ngx_http_ratelimit_rule_reply(void *data, redisReply *reply)
 {
-    u_char                     *escaped;
-    size_t                      len;
-    ngx_int_t                   rc;
-    rl_limit_t                  rule;
+    ngx_http_ratelimit_check_t *check = data;
 
-    ctx->lookup = 0;
+    u_char                    *escaped;
+    size_t                     len;
+    rl_limit_t                 rule;
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+    check->slot = NULL;
+
+    if (reply == NULL) {
+        ngx_http_ratelimit_lost(check);
+        return;
+    }
 
     ngx_memzero(&rule, sizeof(rl_limit_t));
 
     if (reply->type == REDIS_REPLY_STRING) {
-        rc = ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
-                                           &rule, NULL);
-        if (rc == NGX_ERROR) {
+        if (ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
+                                          &rule, NULL)
+            == NGX_ERROR)
+        {
             escaped = ngx_http_ratelimit_escape(ctx->request,
-                                                ctx->customer.data,
-                                                ctx->customer.len, &len);
+                                                check->customer.data,
+                                                check->customer.len, &len);
 
             ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
                           "ratelimit: garbled rule of customer \"%*s\" "
                           "on shard %V, using the default",
                           len, escaped,
-                          ngx_http_ratelimit_redis_name(ctx->conn));
+                          ngx_http_ratelimit_redis_name(check->conn));
             ngx_memzero(&rule, sizeof(rl_limit_t));
         }
 
     } else if (reply->type != REDIS_REPLY_NIL) {
-        ngx_http_ratelimit_resume(ctx,
-                 ngx_http_ratelimit_failed(ctx, "rule lookup failed"));
+        ngx_http_ratelimit_settle(check,
+                  ngx_http_ratelimit_failed(check, "rule lookup failed"));
         return;
     }
 
-    ngx_http_ratelimit_rule_cache_put(ctx->zone, ctx->customer.data,
-                                      ctx->customer.len, &rule, ctx->epoch);
+    ngx_http_ratelimit_rule_cache_put(ctx->zone, check->customer.data,
+                                      check->customer.len, &rule, ctx->epoch);
 
-    ngx_http_ratelimit_apply_rule(ctx, &rule);
-
-    rc = ngx_http_ratelimit_check(ctx);
-
-    if (rc != NGX_AGAIN) {
-        ngx_http_ratelimit_resume(ctx, rc);
-    }
+    ngx_http_ratelimit_apply_rule(check, &rule);
+    ngx_http_ratelimit_evaluate(check);
 }
 
 
@@ -530,40 +629,46 @@ ngx_http_ratelimit_rule_reply(ngx_http_ratelimit_ctx_t *ctx,
  */
 
 static void
-ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_ctx_t *ctx, rl_limit_t *rule)
+ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
+    rl_limit_t *rule)
 {
     if (rule->limit) {
-        ctx->rule.limit = rule->limit;
-        ctx->rule.window = rule->window;
+        check->rule.limit = rule->limit;
+        check->rule.window = rule->window;
     }
 
     if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
-        ctx->rule.algorithm = rule->algorithm;
+        check->rule.algorithm = rule->algorithm;
     }
 }
 
 
 /*
- * With the rule known: deny from the deny cache, or send the check.
- * NGX_AGAIN: sent, wait for the reply; otherwise the decision.
+ * With the rule known: deny from the deny cache, or send the check to the
+ * key's shard and leave it pending.
  */
 
-static ngx_int_t
-ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
+static void
+ngx_http_ratelimit_evaluate(ngx_http_ratelimit_check_t *check)
 {
-    ngx_msec_t         retry, reset;
-    rl_check_result_t  result;
+    ngx_uint_t                 shard;
+    ngx_msec_t                 retry, reset;
+    rl_check_result_t          result;
+    ngx_http_ratelimit_ctx_t  *ctx;
 
-    ngx_http_ratelimit_key(ctx);
+    ctx = check->ctx;
 
-    if (ngx_http_ratelimit_trail_seen(ctx)) {
+    ngx_http_ratelimit_key(check);
+
+    if (ngx_http_ratelimit_trail_seen(check)) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                        "ratelimit: checked against this limit already");
-        return NGX_DECLINED;
+        ngx_http_ratelimit_settle(check, NGX_DECLINED);
+        return;
     }
 
-    if (ngx_http_ratelimit_deny_cache_get(ctx->zone, ctx->limit_id,
-                                          ctx->limit_id_len, &retry, &reset)
+    if (ngx_http_ratelimit_deny_cache_get(ctx->zone, check->limit_id,
+                                          check->limit_id_len, &retry, &reset)
         == NGX_OK)
     {
         ngx_http_ratelimit_count(denied_cached, 1);
@@ -573,28 +678,34 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
         result.retry_after_ms = retry;
         result.reset_ms = reset;
 
-        return ngx_http_ratelimit_decide(ctx, &result, 0);
+        ngx_http_ratelimit_settle(check,
+                         ngx_http_ratelimit_decide(check, &result, 0));
+        return;
     }
 
-    ctx->shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, ctx->key,
-                                                ctx->key_len);
+    shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, check->key,
+                                           check->key_len);
 
-    ctx->health = &ctx->zone->ring->health[ctx->shard];
-    ctx->conn = ngx_http_ratelimit_redis_conn(ctx->shard);
-
-    if (ctx->conn == NULL) {
-        return ngx_http_ratelimit_failed(ctx, "no connection to the shard");
-    }
+    check->health = &ctx->zone->ring->health[shard];
+    check->conn = ngx_http_ratelimit_redis_conn(shard);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
                    "ratelimit: key \"%*s\" on shard %V",
-                   ctx->key_len, ctx->key,
-                   ngx_http_ratelimit_redis_name(ctx->conn));
+                   check->key_len, check->key,
+                   ngx_http_ratelimit_redis_name(check->conn));
 
-    if (ngx_http_ratelimit_shard_admit(ctx->health)
+    if (ngx_http_ratelimit_shard_admit(check->health)
         == NGX_HTTP_RATELIMIT_SHARD_DOWN)
     {
-        return ngx_http_ratelimit_failed(ctx, "shard is down");
+        ngx_http_ratelimit_settle(check,
+                         ngx_http_ratelimit_failed(check, "shard is down"));
+        return;
+    }
+
+    if (check->conn == NULL) {
+        ngx_http_ratelimit_settle(check,
+                  ngx_http_ratelimit_failed(check, "no connection to the shard"));
+        return;
     }
 
     /*
@@ -603,15 +714,17 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
      * one: a clock far off costs that one check its fail path).
      */
 
-    ctx->deadline = ngx_http_ratelimit_local_ms()
-                    + *ngx_http_ratelimit_redis_clock_offset(ctx->conn)
-                    + (int64_t) ngx_http_ratelimit_timeout_of(ctx);
+    check->deadline = ngx_http_ratelimit_local_ms()
+                      + *ngx_http_ratelimit_redis_clock_offset(check->conn)
+                      + (int64_t) ctx->timeout;
 
-    if (ngx_http_ratelimit_send(ctx) != NGX_OK) {
-        return ngx_http_ratelimit_failed(ctx, "shard is unreachable");
+    if (ngx_http_ratelimit_send(check) != NGX_OK) {
+        ngx_http_ratelimit_settle(check,
+                  ngx_http_ratelimit_failed(check, "shard is unreachable"));
+        return;
     }
 
-    return NGX_AGAIN;
+    ngx_http_ratelimit_suspend(check);
 }
 
 
@@ -627,25 +740,25 @@ ngx_http_ratelimit_check(ngx_http_ratelimit_ctx_t *ctx)
  */
 
 static void
-ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx)
+ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check)
 {
     u_char      *p;
     ngx_sha1_t   sha1;
     u_char       digest[20];
 
-    p = ngx_cpymem(ctx->key,
-                   ngx_http_ratelimit_prefixes[ctx->rule.algorithm], 6);
-    p = ngx_cpymem(p, ctx->key_name->data, ctx->key_name->len);
+    p = ngx_cpymem(check->key,
+                   ngx_http_ratelimit_prefixes[check->rule.algorithm], 6);
+    p = ngx_cpymem(p, check->key_name->data, check->key_name->len);
     *p++ = ':';
 
-    if (ctx->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
+    if (check->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
         *p++ = 'k';
         *p++ = ':';
-        p = ngx_cpymem(p, ctx->caller.data, ctx->caller.len);
+        p = ngx_cpymem(p, check->caller.data, check->caller.len);
 
     } else {
         ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, ctx->caller.data, ctx->caller.len);
+        ngx_sha1_update(&sha1, check->caller.data, check->caller.len);
         ngx_sha1_final(digest, &sha1);
 
         *p++ = 'h';
@@ -653,29 +766,29 @@ ngx_http_ratelimit_key(ngx_http_ratelimit_ctx_t *ctx)
         p = ngx_hex_dump(p, digest, sizeof(digest));
     }
 
-    ctx->key_len = p - ctx->key;
+    check->key_len = p - check->key;
 
-    p = ngx_cpymem(ctx->limit_id, ctx->key, ctx->key_len);
-    p = ngx_sprintf(p, "%Z%L%Z%L", ctx->rule.limit, ctx->rule.window);
+    p = ngx_cpymem(check->limit_id, check->key, check->key_len);
+    p = ngx_sprintf(p, "%Z%L%Z%L", check->rule.limit, check->rule.window);
 
-    ctx->limit_id_len = p - ctx->limit_id;
+    check->limit_id_len = p - check->limit_id;
 }
 
 
 static ngx_int_t
-ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
+ngx_http_ratelimit_send(ngx_http_ratelimit_check_t *check)
 {
     u_char                       *p;
     const char                   *argv[7];
     size_t                        argvlen[7];
     ngx_http_ratelimit_script_t  *script;
-    u_char                        limit[NGX_INT_T_LEN];
-    u_char                        window[NGX_INT_T_LEN];
+    u_char                        limit[NGX_INT64_LEN];
+    u_char                        window[NGX_INT64_LEN];
     u_char                        deadline[NGX_INT64_LEN];
 
-    script = ngx_http_ratelimit_script(ctx->rule.algorithm);
+    script = ngx_http_ratelimit_script(check->rule.algorithm);
 
-    if (ctx->eval) {
+    if (check->eval) {
         argv[0] = "EVAL";
         argvlen[0] = 4;
         argv[1] = (const char *) script->body.data;
@@ -690,72 +803,62 @@ ngx_http_ratelimit_send(ngx_http_ratelimit_ctx_t *ctx)
 
     argv[2] = "1";
     argvlen[2] = 1;
-    argv[3] = (const char *) ctx->key;
-    argvlen[3] = ctx->key_len;
+    argv[3] = (const char *) check->key;
+    argvlen[3] = check->key_len;
 
-    p = ngx_sprintf(limit, "%L", ctx->rule.limit);
+    p = ngx_sprintf(limit, "%L", check->rule.limit);
     argv[4] = (const char *) limit;
     argvlen[4] = p - limit;
 
-    p = ngx_sprintf(window, "%L", ctx->rule.window * 1000);
+    p = ngx_sprintf(window, "%L", check->rule.window * 1000);
     argv[5] = (const char *) window;
     argvlen[5] = p - window;
 
-    p = ngx_sprintf(deadline, "%L", ctx->deadline > 0 ? ctx->deadline : 0);
+    p = ngx_sprintf(deadline, "%L", check->deadline > 0 ? check->deadline : 0);
     argv[6] = (const char *) deadline;
     argvlen[6] = p - deadline;
 
-    ctx->slot = ngx_http_ratelimit_redis_send(ctx->conn, 7, argv, argvlen,
-                                              ngx_http_ratelimit_reply, ctx);
+    check->slot = ngx_http_ratelimit_redis_send(check->conn, 7, argv, argvlen,
+                                                ngx_http_ratelimit_check_reply,
+                                                check);
 
-    if (ctx->slot && !ctx->eval) {
+    if (check->slot && !check->eval) {
         ngx_http_ratelimit_count(checks, 1);
     }
 
-    return ctx->slot ? NGX_OK : NGX_ERROR;
+    return check->slot ? NGX_OK : NGX_ERROR;
 }
 
 
 static void
-ngx_http_ratelimit_reply(void *data, redisReply *reply)
+ngx_http_ratelimit_check_reply(void *data, redisReply *reply)
 {
-    ngx_http_ratelimit_ctx_t *ctx = data;
+    ngx_http_ratelimit_check_t *check = data;
 
     int                 rc;
     const char         *why;
     ngx_http_request_t *r;
     rl_check_result_t   result;
 
-    ctx->slot = NULL;
-    r = ctx->request;
+    check->slot = NULL;
+    r = check->ctx->request;
 
     if (reply == NULL) {
-
-        if (ngx_http_ratelimit_dropping_stalled && ctx->timer.timer_set) {
-            return;
-        }
-
-        ngx_http_ratelimit_resume(ctx,
-                 ngx_http_ratelimit_failed(ctx, "connection to shard lost"));
-        return;
-    }
-
-    if (ctx->lookup) {
-        ngx_http_ratelimit_rule_reply(ctx, reply);
+        ngx_http_ratelimit_lost(check);
         return;
     }
 
     rc = rl_reply_decode_check(reply, &result, &why);
 
     if ((rc == RL_REPLY_OK || rc == RL_REPLY_EXPIRED) && result.now_ms > 0) {
-        ngx_http_ratelimit_learn_clock(ctx->conn, result.now_ms);
+        ngx_http_ratelimit_learn_clock(check->conn, result.now_ms);
     }
 
     switch (rc) {
 
     case RL_REPLY_OK:
-        ngx_http_ratelimit_resume(ctx,
-                                  ngx_http_ratelimit_decide(ctx, &result, 1));
+        ngx_http_ratelimit_settle(check,
+                          ngx_http_ratelimit_decide(check, &result, 1));
         return;
 
     case RL_REPLY_EXPIRED:
@@ -765,21 +868,21 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
          * check counted nothing, so it takes the fail path like a late one.
          */
 
-        ngx_http_ratelimit_resume(ctx,
-                     ngx_http_ratelimit_failed(ctx, "check ran too late"));
+        ngx_http_ratelimit_settle(check,
+                     ngx_http_ratelimit_failed(check, "check ran too late"));
         return;
 
     case RL_REPLY_NOSCRIPT:
 
         /* a restarted or flushed shard: EVAL caches the script again */
 
-        if (!ctx->eval) {
+        if (!check->eval) {
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                            "ratelimit: NOSCRIPT, sending EVAL");
-            ctx->eval = 1;
+            check->eval = 1;
             ngx_http_ratelimit_count(noscript, 1);
 
-            if (ngx_http_ratelimit_send(ctx) == NGX_OK) {
+            if (ngx_http_ratelimit_send(check) == NGX_OK) {
                 return;
             }
         }
@@ -793,11 +896,30 @@ ngx_http_ratelimit_reply(void *data, redisReply *reply)
     if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ratelimit: shard %V answered: %s",
-                      ngx_http_ratelimit_redis_name(ctx->conn), why);
+                      ngx_http_ratelimit_redis_name(check->conn), why);
     }
 
-    ngx_http_ratelimit_resume(ctx,
-                        ngx_http_ratelimit_failed(ctx, "unusable reply"));
+    ngx_http_ratelimit_settle(check,
+                        ngx_http_ratelimit_failed(check, "unusable reply"));
+}
+
+
+/*
+ * The connection of a pending check failed.  When this worker is dropping
+ * it because the shard stalled, the shard may yet wake up and run what it
+ * was sent, up to the check's deadline: the check then waits out the
+ * request's timeout rather than take the fail path early and still count.
+ */
+
+static void
+ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check)
+{
+    if (ngx_http_ratelimit_dropping_stalled && check->ctx->timer.timer_set) {
+        return;
+    }
+
+    ngx_http_ratelimit_settle(check,
+               ngx_http_ratelimit_failed(check, "connection to shard lost"));
 }
 
 
@@ -806,42 +928,60 @@ ngx_http_ratelimit_timeout(ngx_event_t *ev)
 {
     ngx_http_ratelimit_ctx_t *ctx = ev->data;
 
-    ngx_int_t                   rc;
-    ngx_uint_t                  stuck;
-    ngx_http_ratelimit_conn_t  *conn;
-
-    if (ctx->slot) {
-        ngx_http_ratelimit_redis_detach(ctx->slot);
-        ctx->slot = NULL;
-    }
+    ngx_uint_t                   i, n;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_conn_t   *stuck[NGX_HTTP_RATELIMIT_MAX_CHECKS];
 
     /*
-     * A shard that answers nothing at all hangs: its connection is dropped,
-     * so everything queued behind takes the fail path now, and the shard is
-     * marked down.  This request resumes first, though: it waited longest.
+     * A shard that answers slower than the timeout is failing: its
+     * connection is dropped, so everything queued behind takes its fail
+     * path, and the shard is marked down.  This request resumes first,
+     * though: it waited longest.
      */
 
-    conn = ctx->conn;
-    stuck = conn
-            && ngx_http_ratelimit_redis_stuck(conn,
-                                      ngx_http_ratelimit_timeout_of(ctx));
+    n = 0;
 
-    rc = ngx_http_ratelimit_failed(ctx, "shard timed out");
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
+
+        if (!check->pending) {
+            continue;
+        }
+
+        if (check->slot) {
+            (void) ngx_http_ratelimit_redis_detach(check->slot);
+            check->slot = NULL;
+        }
+
+        if (check->conn
+            && ngx_http_ratelimit_redis_stuck(check->conn, ctx->timeout)
+            && n < NGX_HTTP_RATELIMIT_MAX_CHECKS)
+        {
+            stuck[n++] = check->conn;
+        }
+
+        check->rc = ngx_http_ratelimit_failed(check, "shard timed out");
+        check->pending = 0;
+    }
+
+    ctx->pending = 0;
 
     /* the request may be gone after this */
 
-    ngx_http_ratelimit_resume(ctx, rc);
+    ngx_http_ratelimit_resume(ctx);
 
-    if (stuck) {
-        ngx_http_ratelimit_dropping_stalled = 1;
-        ngx_http_ratelimit_redis_fail(conn, "timed out");
-        ngx_http_ratelimit_dropping_stalled = 0;
+    ngx_http_ratelimit_dropping_stalled = 1;
+
+    for (i = 0; i < n; i++) {
+        ngx_http_ratelimit_redis_fail(stuck[i], "timed out");
     }
+
+    ngx_http_ratelimit_dropping_stalled = 0;
 }
 
 
 static void
-ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx, ngx_int_t rc)
+ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx)
 {
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
@@ -849,8 +989,7 @@ ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx, ngx_int_t rc)
     r = ctx->request;
     c = r->connection;
 
-    ctx->waiting = 0;
-    ctx->rc = rc;
+    ctx->rc = ngx_http_ratelimit_verdict(ctx);
 
     if (ctx->timer.timer_set) {
         ngx_del_timer(&ctx->timer);
@@ -865,17 +1004,19 @@ ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx, ngx_int_t rc)
 
 
 static ngx_int_t
-ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
+ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
     rl_check_result_t *result, ngx_uint_t from_redis)
 {
-    u_char              *p, *escaped;
-    size_t               len;
-    ngx_http_request_t  *r;
-    u_char               buf[NGX_INT64_LEN];
+    u_char                    *p, *escaped;
+    size_t                     len;
+    ngx_http_request_t        *r;
+    ngx_http_ratelimit_ctx_t  *ctx;
+    u_char                     buf[NGX_INT64_LEN];
 
+    ctx = check->ctx;
     r = ctx->request;
 
-    if (ngx_http_ratelimit_add_headers(ctx, result) != NGX_OK) {
+    if (ngx_http_ratelimit_add_headers(check, result) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -889,8 +1030,8 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
     /* until then Redis would say no as well: spare it the asking */
 
     if (from_redis) {
-        ngx_http_ratelimit_deny_cache_put(ctx->zone, ctx->limit_id,
-                                          ctx->limit_id_len,
+        ngx_http_ratelimit_deny_cache_put(ctx->zone, check->limit_id,
+                                          check->limit_id_len,
                                           (ngx_msec_t) result->retry_after_ms,
                                           (ngx_msec_t) result->reset_ms,
                                           ctx->epoch);
@@ -903,7 +1044,8 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
     }
 
     if (r->connection->log->log_level >= NGX_LOG_INFO) {
-        escaped = ngx_http_ratelimit_escape(r, ctx->key, ctx->key_len, &len);
+        escaped = ngx_http_ratelimit_escape(r, check->key, check->key_len,
+                                            &len);
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "ratelimit: limiting requests of \"%*s\", "
@@ -921,7 +1063,8 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_ctx_t *ctx,
  */
 
 static ngx_int_t
-ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
+ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
+    const char *reason)
 {
     u_char              *p;
     ngx_uint_t           closed;
@@ -929,14 +1072,13 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
     ngx_http_request_t  *r;
     u_char               buf[NGX_INT64_LEN];
 
-    r = ctx->request;
-    closed = (ctx->conf->fail == NGX_HTTP_RATELIMIT_FAIL_CLOSED);
+    r = check->ctx->request;
+    closed = (check->ctx->conf->fail == NGX_HTTP_RATELIMIT_FAIL_CLOSED);
 
     if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "ratelimit: %s (%V), failing %s",
-                      reason, ctx->conn ? ngx_http_ratelimit_redis_name(ctx->conn)
-                                        : &ngx_http_ratelimit_no_shard,
+                      reason, ngx_http_ratelimit_redis_name(check->conn),
                       closed ? "closed" : "open");
     }
 
@@ -947,7 +1089,8 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
 
     ngx_http_ratelimit_count(failed_closed, 1);
 
-    retry = ctx->health ? ngx_http_ratelimit_shard_retry_in(ctx->health) : 0;
+    retry = check->health ? ngx_http_ratelimit_shard_retry_in(check->health)
+                          : 0;
 
     p = ngx_sprintf(buf, "%L", rl_retry_after_seconds((long long) retry));
 
@@ -960,20 +1103,20 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_ctx_t *ctx, const char *reason)
 
 
 static ngx_int_t
-ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
+ngx_http_ratelimit_add_headers(ngx_http_ratelimit_check_t *check,
     rl_check_result_t *result)
 {
     u_char              *p;
     ngx_http_request_t  *r;
     u_char               buf[128];
 
-    r = ctx->request;
+    r = check->ctx->request;
 
-    switch (ctx->conf->headers) {
+    switch (check->ctx->conf->headers) {
 
     case NGX_HTTP_RATELIMIT_HEADERS_DRAFT:
         p = ngx_sprintf(buf, "\"default\";q=%L;w=%L",
-                        ctx->rule.limit, ctx->rule.window);
+                        check->rule.limit, check->rule.window);
 
         if (ngx_http_ratelimit_add_header(r, "RateLimit-Policy", buf, p)
             != NGX_OK)
@@ -987,7 +1130,7 @@ ngx_http_ratelimit_add_headers(ngx_http_ratelimit_ctx_t *ctx,
         return ngx_http_ratelimit_add_header(r, "RateLimit", buf, p);
 
     case NGX_HTTP_RATELIMIT_HEADERS_LEGACY:
-        p = ngx_sprintf(buf, "%L", ctx->rule.limit);
+        p = ngx_sprintf(buf, "%L", check->rule.limit);
 
         if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Limit", buf, p)
             != NGX_OK)
@@ -1046,15 +1189,19 @@ ngx_http_ratelimit_cleanup(void *data)
 {
     ngx_http_ratelimit_ctx_t *ctx = data;
 
+    ngx_uint_t  i;
+
     if (ctx->timer.timer_set) {
         ngx_del_timer(&ctx->timer);
     }
 
-    /* the reply may still come: it must find nobody, not freed memory */
+    /* a reply may still come: it must find nobody, not freed memory */
 
-    if (ctx->slot) {
-        ngx_http_ratelimit_redis_detach(ctx->slot);
-        ctx->slot = NULL;
+    for (i = 0; i < ctx->nchecks; i++) {
+        if (ctx->checks[i].slot) {
+            (void) ngx_http_ratelimit_redis_detach(ctx->checks[i].slot);
+            ctx->checks[i].slot = NULL;
+        }
     }
 }
 
@@ -1127,16 +1274,4 @@ ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn, int64_t now_ms)
 {
     *ngx_http_ratelimit_redis_clock_offset(conn) =
                     (ngx_msec_int_t) (now_ms - ngx_http_ratelimit_local_ms());
-}
-
-
-static ngx_msec_t
-ngx_http_ratelimit_timeout_of(ngx_http_ratelimit_ctx_t *ctx)
-{
-    ngx_http_ratelimit_main_conf_t  *rmcf;
-
-    rmcf = ngx_http_get_module_main_conf(ctx->request,
-                                         ngx_http_ratelimit_module);
-
-    return rmcf->timeout;
 }
