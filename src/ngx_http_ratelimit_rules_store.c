@@ -46,7 +46,7 @@
 #define NGX_HTTP_RATELIMIT_RULES_SHARD_LOST      7  /* the connection failed
                                                        after sending */
 #define NGX_HTTP_RATELIMIT_RULES_SHARD_LATE      8  /* no answer in time */
-#define NGX_HTTP_RATELIMIT_RULES_SHARD_UNDOING   9  /* owes the undo's answer */
+#define NGX_HTTP_RATELIMIT_RULES_SHARD_UNDOING   9  /* owes the undo */
 #define NGX_HTTP_RATELIMIT_RULES_SHARD_UNDONE   10  /* answered the undo */
 
 
@@ -118,32 +118,33 @@ ngx_int_t
 ngx_http_ratelimit_rules_store_write(ngx_http_ratelimit_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *customer, rl_rule_t *rule,
     ngx_msec_t timeout, ngx_http_ratelimit_rules_done_pt handler, void *data,
-    ngx_http_ratelimit_rules_op_t **op)
+    ngx_http_ratelimit_rules_op_t **handle)
 {
     const char                        *argv[8];
     size_t                             argvlen[8];
     ngx_uint_t                         i;
-    ngx_http_ratelimit_rules_op_t     *wr;
+    ngx_http_ratelimit_rules_op_t     *op;
     ngx_http_ratelimit_rules_shard_t  *shard;
 
     if (ngx_http_ratelimit_rules_store_down(zone, log)) {
         return NGX_HTTP_RATELIMIT_RULES_DOWN;
     }
 
-    wr = ngx_http_ratelimit_rules_store_op(zone, pool, log, customer,
+    op = ngx_http_ratelimit_rules_store_op(zone, pool, log, customer,
                                            zone->ring->nshards, timeout,
                                            handler, data);
-    if (wr == NULL || ngx_http_ratelimit_rules_store_value(wr, rule) != NGX_OK)
+    if (op == NULL
+        || ngx_http_ratelimit_rules_store_value(op, rule) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    ngx_http_ratelimit_rules_store_argv(wr, argv, argvlen,
+    ngx_http_ratelimit_rules_store_argv(op, argv, argvlen,
                       ngx_http_ratelimit_rules_script(
                           NGX_HTTP_RATELIMIT_LUA_RULES_PUT));
 
-    for (i = 0; i < wr->nshards; i++) {
-        shard = &wr->shards[i];
+    for (i = 0; i < op->nshards; i++) {
+        shard = &op->shards[i];
 
         shard->slot = ngx_http_ratelimit_redis_send(
                           ngx_http_ratelimit_redis_conn(i), 8, argv, argvlen,
@@ -151,18 +152,18 @@ ngx_http_ratelimit_rules_store_write(ngx_http_ratelimit_zone_t *zone,
 
         if (shard->slot) {
             shard->state = NGX_HTTP_RATELIMIT_RULES_SHARD_WAITING;
-            wr->pending++;
+            op->pending++;
         }
     }
 
-    if (wr->pending == 0) {
+    if (op->pending == 0) {
         return NGX_HTTP_RATELIMIT_RULES_UNSENT;
     }
 
-    wr->timer.handler = ngx_http_ratelimit_rules_store_write_timeout;
-    ngx_add_timer(&wr->timer, timeout);
+    op->timer.handler = ngx_http_ratelimit_rules_store_write_timeout;
+    ngx_add_timer(&op->timer, timeout);
 
-    *op = wr;
+    *handle = op;
 
     return NGX_AGAIN;
 }
@@ -172,26 +173,26 @@ ngx_int_t
 ngx_http_ratelimit_rules_store_read(ngx_http_ratelimit_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *customer, ngx_msec_t timeout,
     ngx_http_ratelimit_rules_done_pt handler, void *data,
-    ngx_http_ratelimit_rules_op_t **op)
+    ngx_http_ratelimit_rules_op_t **handle)
 {
-    ngx_http_ratelimit_rules_op_t  *rd;
+    ngx_http_ratelimit_rules_op_t  *op;
 
-    rd = ngx_http_ratelimit_rules_store_op(zone, pool, log, customer, 1,
+    op = ngx_http_ratelimit_rules_store_op(zone, pool, log, customer, 1,
                                            timeout, handler, data);
-    if (rd == NULL) {
+    if (op == NULL) {
         return NGX_ERROR;
     }
 
-    if (ngx_http_ratelimit_rules_store_ask(rd) != NGX_OK) {
+    if (ngx_http_ratelimit_rules_store_ask(op) != NGX_OK) {
         return NGX_HTTP_RATELIMIT_RULES_UNSENT;
     }
 
     /* one time limit for the read, whichever shards answer it */
 
-    rd->timer.handler = ngx_http_ratelimit_rules_store_timeout;
-    ngx_add_timer(&rd->timer, timeout);
+    op->timer.handler = ngx_http_ratelimit_rules_store_timeout;
+    ngx_add_timer(&op->timer, timeout);
 
-    *op = rd;
+    *handle = op;
 
     return NGX_AGAIN;
 }
@@ -643,7 +644,8 @@ ngx_http_ratelimit_rules_store_got(void *data, redisReply *reply)
     op->pending = 0;
 
     if (reply == NULL
-        || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL))
+        || (reply->type != REDIS_REPLY_STRING
+            && reply->type != REDIS_REPLY_NIL))
     {
         /* this shard failed: the next live one holds the same rules */
 

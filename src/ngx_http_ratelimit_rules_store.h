@@ -50,7 +50,7 @@ typedef void (*ngx_http_ratelimit_rules_done_pt)(void *data,
  * and wait "timeout" for the shards (a failed write waits as long again
  * for its undo).
  *
- * NGX_AGAIN: under way, *op is the handle, the handler will tell how it
+ * NGX_AGAIN: under way, *handle is its handle, the handler will tell how it
  * ended.  An outcome: known at once, the handler is not called.  NGX_ERROR:
  * out of memory, nothing was sent.
  *
@@ -60,11 +60,11 @@ typedef void (*ngx_http_ratelimit_rules_done_pt)(void *data,
 ngx_int_t ngx_http_ratelimit_rules_store_write(ngx_http_ratelimit_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *customer, rl_rule_t *rule,
     ngx_msec_t timeout, ngx_http_ratelimit_rules_done_pt handler, void *data,
-    ngx_http_ratelimit_rules_op_t **op);
+    ngx_http_ratelimit_rules_op_t **handle);
 ngx_int_t ngx_http_ratelimit_rules_store_read(ngx_http_ratelimit_zone_t *zone,
     ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *customer, ngx_msec_t timeout,
     ngx_http_ratelimit_rules_done_pt handler, void *data,
-    ngx_http_ratelimit_rules_op_t **op);
+    ngx_http_ratelimit_rules_op_t **handle);
 void ngx_http_ratelimit_rules_store_cancel(ngx_http_ratelimit_rules_op_t *op);
 
 
