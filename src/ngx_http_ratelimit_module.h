@@ -9,6 +9,8 @@
  *   ngx_http_ratelimit_stats.h    the zone's counters, the stats location
  *   ngx_http_ratelimit_redis.h    each worker's connections to the shards
  *   ngx_http_ratelimit_rules.h    per-customer rules kept in Redis
+ *   ngx_http_ratelimit_rules_store.h  one rule's change on every shard,
+ *                                 its read from a live shard
  *   ngx_http_ratelimit_handler.h  the check of each request
  *   ngx_http_ratelimit_admin.h    the admin endpoint
  *   rl_*.h                        nginx-free logic (ring, replies, rules)
