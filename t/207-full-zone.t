@@ -124,9 +124,16 @@ for my $set (@steps) {
     my @many = map { RLTest::Redis::free_port() } 1 .. 64;
     my $offset = $nginx->log_size;
     my $ok = eval { $nginx->reload_nowait(config_for([@many]), timeout => 6) };
-    my $log = $nginx->error_log_since($offset);
     my $why = $@ || $nginx->{reload_output} || '';
     ok !$ok, 'a ring larger than the zone is not taken';
+
+    # the master may still be writing why when the reload is seen refused
+    my $log = $nginx->error_log_since($offset);
+    my $until = time + 10;
+    until ("$why$log" =~ /\[(?:emerg|alert)\][^\n]*ratelimit/ || time > $until) {
+        sleep 0.1;
+        $log = $nginx->error_log_since($offset);
+    }
     like "$why$log", qr/\[(?:emerg|alert)\][^\n]*ratelimit/,
         'and nginx says why, at emerg or alert'
         or diag "what nginx logged:\n$log$why";
