@@ -550,12 +550,7 @@ ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check)
     check->health = &ctx->zone->ring->health[shard];
     check->conn = ngx_http_ratelimit_redis_conn(shard);
 
-    argv[0] = "HGET";
-    argvlen[0] = 4;
-    argv[1] = NGX_HTTP_RATELIMIT_RULES_KEY;
-    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[2] = (const char *) check->customer.data;
-    argvlen[2] = check->customer.len;
+    ngx_http_ratelimit_rules_hget(argv, argvlen, &check->customer);
 
     check->slot = ngx_http_ratelimit_redis_send(check->conn, 3, argv, argvlen,
                                                 ngx_http_ratelimit_rule_reply,

@@ -32,11 +32,6 @@
 #define NGX_HTTP_RATELIMIT_POLL_INTERVAL  250
 #define NGX_HTTP_RATELIMIT_POLL_TIMEOUT   1000
 
-/* lua/rules_lib.lua goes in front of every rules script */
-#define ngx_http_ratelimit_rules_script(name)                                 \
-    NGX_HTTP_RATELIMIT_LUA_RULES_LIB name,                                    \
-    sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LIB name) - 1
-
 /* 32 hex digits; an empty one: none stored yet */
 #define NGX_HTTP_RATELIMIT_DIGEST_LEN     32
 
@@ -163,6 +158,19 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len, rl_limit_t *limit,
     limit->algorithm = r.algorithm;
 
     return NGX_OK;
+}
+
+
+void
+ngx_http_ratelimit_rules_hget(const char **argv, size_t *argvlen,
+    ngx_str_t *customer)
+{
+    argv[0] = "HGET";
+    argvlen[0] = 4;
+    argv[1] = NGX_HTTP_RATELIMIT_RULES_KEY;
+    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
+    argv[2] = (const char *) customer->data;
+    argvlen[2] = customer->len;
 }
 
 

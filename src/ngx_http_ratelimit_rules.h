@@ -16,6 +16,19 @@
 #define NGX_HTTP_RATELIMIT_RULES_KEY        "rl:rules"
 #define NGX_HTTP_RATELIMIT_RULES_VERSION    "rl:rules:version"
 
+/*
+ * A rules script's body and length, lua/rules_lib.lua in front of it (the
+ * user includes ngx_http_ratelimit_scripts.h)
+ */
+#define ngx_http_ratelimit_rules_script(name)                                 \
+    NGX_HTTP_RATELIMIT_LUA_RULES_LIB name,                                    \
+    sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LIB name) - 1
+
+
+/* HGET rl:rules <customer>: the stored rule of one customer */
+void ngx_http_ratelimit_rules_hget(const char **argv, size_t *argvlen,
+    ngx_str_t *customer);
+
 ngx_int_t ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf);
 void ngx_http_ratelimit_rules_exit_process(ngx_cycle_t *cycle);

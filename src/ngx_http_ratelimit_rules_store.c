@@ -28,11 +28,6 @@
 /* "limit window algorithm" as rl_rule_encode() writes it, with room */
 #define NGX_HTTP_RATELIMIT_RULES_BODY_LEN  64
 
-/* lua/rules_lib.lua goes in front of every rules script */
-#define ngx_http_ratelimit_rules_script(name)                                 \
-    NGX_HTTP_RATELIMIT_LUA_RULES_LIB name,                                    \
-    sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LIB name) - 1
-
 
 /* where one shard stands in an operation */
 #define NGX_HTTP_RATELIMIT_RULES_SHARD_UNSENT    0  /* could not be sent */
@@ -600,12 +595,7 @@ ngx_http_ratelimit_rules_store_ask(ngx_http_ratelimit_rules_op_t *op)
     size_t                             argvlen[3];
     ngx_http_ratelimit_rules_shard_t  *shard;
 
-    argv[0] = "HGET";
-    argvlen[0] = 4;
-    argv[1] = NGX_HTTP_RATELIMIT_RULES_KEY;
-    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
-    argv[2] = (const char *) op->customer.data;
-    argvlen[2] = op->customer.len;
+    ngx_http_ratelimit_rules_hget(argv, argvlen, &op->customer);
 
     shard = &op->shards[0];
 
