@@ -820,8 +820,8 @@ test_lookup(void)
 /*
  * Server names whose rings collide, found by building the points of names
  * "n0".."n19999" and looking for equal values; the keys were found by
- * hashing "tie:<i>" until one fell in the gap that ends at the collision.
- * t/002 sends the same names and keys through nutcracker.
+ * hashing "tie:<i>" with each hash until two fell in the gap that ends at
+ * the collision.  t/002 sends the same names and keys through nutcracker.
  */
 
 static void
@@ -829,7 +829,8 @@ test_ties(void)
 {
     int                  good;
     size_t               c, order, i, npoints, tie;
-    uint32_t             winner;
+    uint32_t             winner, h;
+    rl_ketama_hash_t     hash;
     rl_ketama_point_t   *points;
     rl_ketama_server_t   servers[2];
 
@@ -837,12 +838,16 @@ test_ties(void)
         const char  *first;     /* the name nutcracker sorts first */
         const char  *second;
         uint32_t     value;
-        const char  *keys[2];
+        const char  *keys[3][2];   /* by hash: md5, fnv1a_64, murmur */
     } ties[] = {
         /* shorter wins, though "n19921" is bytewise smaller */
-        { "n255", "n19921", 0x017f376f, { "tie:22540", "tie:22541" } },
+        { "n255", "n19921", 0x017f376f,
+          { { "tie:256", "tie:503" }, { "tie:22540", "tie:22541" },
+            { "tie:28", "tie:99" } } },
         /* same length: bytewise smaller wins */
-        { "n4012", "n6596", 0x0029cf4f, { "tie:43440", "tie:43441" } },
+        { "n4012", "n6596", 0x0029cf4f,
+          { { "tie:554", "tie:1197" }, { "tie:43440", "tie:43441" },
+            { "tie:99", "tie:696" } } },
     };
 
     for (c = 0; c < sizeof(ties) / sizeof(ties[0]); c++) {
@@ -871,23 +876,25 @@ test_ties(void)
                    && rl_ketama_lookup(points, npoints, ties[c].value)
                       == winner;
 
-            for (i = 0; i < 2; i++) {
-                uint32_t  h;
+            for (hash = RL_KETAMA_HASH_MD5; hash <= RL_KETAMA_HASH_MURMUR;
+                 hash++)
+            {
+                for (i = 0; i < 2; i++) {
+                    h = rl_ketama_hash(hash, (const unsigned char *)
+                                       ties[c].keys[hash][i],
+                                       strlen(ties[c].keys[hash][i]));
 
-                /* the keys were found with nutcracker's default hash */
-                h = rl_ketama_hash(RL_KETAMA_HASH_FNV1A_64,
-                                   (const unsigned char *) ties[c].keys[i],
-                                   strlen(ties[c].keys[i]));
-
-                /* the key falls in the gap that the tied point closes */
-                good = good
-                       && h <= ties[c].value
-                       && (tie == 0 || h > points[tie - 1].value)
-                       && rl_ketama_lookup(points, npoints, h) == winner;
+                    /* the key falls in the gap the tied point closes */
+                    good = good
+                           && h <= ties[c].value
+                           && (tie == 0 || h > points[tie - 1].value)
+                           && rl_ketama_lookup(points, npoints, h) == winner;
+                }
             }
 
             ok(good, "tie at 0x%08lx between \"%s\" and \"%s\" (listed %s): "
-               "\"%s\" owns it and its keys", (unsigned long) ties[c].value,
+               "\"%s\" owns it and its keys under each hash",
+               (unsigned long) ties[c].value,
                ties[c].first, ties[c].second,
                order == 0 ? "in that order" : "the other way round",
                ties[c].first);
