@@ -328,13 +328,35 @@ key_shares(const rl_ketama_point_t *points, size_t npoints, double *share,
 }
 
 
+/* 10000 binary keys of 0 to 39 bytes from seed: hash equals ref on each */
+
+static int
+same_as_ref(rl_ketama_hash_t hash,
+    uint32_t (*ref)(const unsigned char *key, size_t len), uint64_t seed)
+{
+    size_t         i, j, len;
+    unsigned char  key[40];
+
+    for (i = 0; i < 10000; i++) {
+        len = (size_t) (next_random(&seed) % sizeof(key));
+
+        for (j = 0; j < len; j++) {
+            key[j] = (unsigned char) next_random(&seed);
+        }
+
+        if (rl_ketama_hash(hash, key, len) != ref(key, len)) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 static void
 test_fnv1a_64(void)
 {
-    size_t          i, j, len;
-    uint64_t        state;
-    unsigned char   key[40];
-    int             same;
+    size_t  i, len;
 
     static const struct {
         const char  *key;
@@ -385,24 +407,8 @@ test_fnv1a_64(void)
            (unsigned long) high[i].unsigned_hash);
     }
 
-    state = 7;
-    same = 1;
-
-    for (i = 0; i < 10000; i++) {
-        len = (size_t) (next_random(&state) % sizeof(key));
-
-        for (j = 0; j < len; j++) {
-            key[j] = (unsigned char) next_random(&state);
-        }
-
-        if (rl_ketama_hash(RL_KETAMA_HASH_FNV1A_64, key, len)
-            != ref_fnv1a(key, len))
-        {
-            same = 0;
-        }
-    }
-
-    ok(same, "fnv1a_64 agrees with the reference loop on 10000 binary keys");
+    ok(same_as_ref(RL_KETAMA_HASH_FNV1A_64, ref_fnv1a, 7),
+       "fnv1a_64 agrees with the reference loop on 10000 binary keys");
 }
 
 
@@ -415,10 +421,7 @@ test_fnv1a_64(void)
 static void
 test_md5_murmur(void)
 {
-    size_t          i, j, len;
-    uint64_t        state;
-    unsigned char   key[40];
-    int             same;
+    size_t  i, len;
 
     static const struct {
         const char  *key;
@@ -455,24 +458,8 @@ test_md5_murmur(void)
            (unsigned long) known[i].md5, (unsigned long) known[i].murmur);
     }
 
-    state = 11;
-    same = 1;
-
-    for (i = 0; i < 10000; i++) {
-        len = (size_t) (next_random(&state) % sizeof(key));
-
-        for (j = 0; j < len; j++) {
-            key[j] = (unsigned char) next_random(&state);
-        }
-
-        if (rl_ketama_hash(RL_KETAMA_HASH_MURMUR, key, len)
-            != ref_murmur(key, len))
-        {
-            same = 0;
-        }
-    }
-
-    ok(same, "murmur agrees with the reference loop on 10000 binary keys");
+    ok(same_as_ref(RL_KETAMA_HASH_MURMUR, ref_murmur, 11),
+       "murmur agrees with the reference loop on 10000 binary keys");
 
     ok(strcmp(rl_ketama_hash_name(RL_KETAMA_HASH_MD5), "md5") == 0
        && strcmp(rl_ketama_hash_name(RL_KETAMA_HASH_FNV1A_64), "fnv1a_64")
