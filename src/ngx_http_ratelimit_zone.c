@@ -83,8 +83,8 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     /*
-     * A ring of the same shards that some generation still uses is shared,
-     * with its health state.  Rings stay while they are current (the ring
+     * A ring of the same shards and key hash that some generation still
+     * uses is shared, with its health state.  Rings stay while they are current (the ring
      * of the configuration the master runs: workers it spawns, also after a
      * crash, find it) or some worker runs with them; the others are left
      * from reloads that failed, and go now.  This ring becomes current only
