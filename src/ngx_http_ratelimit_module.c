@@ -68,6 +68,15 @@ static ngx_conf_enum_t  ngx_http_ratelimit_header_sets[] = {
 };
 
 
+/* twemproxy's names, so that a nutcracker with the same "hash:" agrees */
+static ngx_conf_enum_t  ngx_http_ratelimit_redis_hashes[] = {
+    { ngx_string("md5"), RL_KETAMA_HASH_MD5 },
+    { ngx_string("fnv1a_64"), RL_KETAMA_HASH_FNV1A_64 },
+    { ngx_string("murmur"), RL_KETAMA_HASH_MURMUR },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_ratelimit_commands[] = {
 
     { ngx_string("ratelimit_zone"),
@@ -90,6 +99,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_main_conf_t, timeout),
       NULL },
+
+    { ngx_string("ratelimit_redis_hash"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_set_enum,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, hash),
+      &ngx_http_ratelimit_redis_hashes },
 
     { ngx_string("ratelimit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -221,6 +237,7 @@ ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf)
     }
 
     rmcf->timeout = NGX_CONF_UNSET_MSEC;
+    rmcf->hash = NGX_CONF_UNSET_UINT;
 
     return rmcf;
 }
@@ -232,6 +249,13 @@ ngx_http_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_http_ratelimit_main_conf_t *rmcf = conf;
 
     ngx_conf_init_msec_value(rmcf->timeout, 50);
+
+    /*
+     * md5 rather than twemproxy's own default, fnv1a_64: FNV-1a moves
+     * little between keys that differ in their last bytes, so sequential
+     * ids ("cust-1", "cust-2", ...) crowd onto one shard
+     */
+    ngx_conf_init_uint_value(rmcf->hash, RL_KETAMA_HASH_DEFAULT);
 
     return NGX_CONF_OK;
 }

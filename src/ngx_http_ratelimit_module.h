@@ -74,6 +74,7 @@ typedef struct {
     ngx_shm_zone_t                 *shm_zone;
     ngx_array_t                     shards;     /* shard_conf_t */
     ngx_msec_t                      timeout;
+    ngx_uint_t                      hash;       /* RL_KETAMA_HASH_* */
     ngx_flag_t                      used;       /* some location limits */
     ngx_flag_t                      needs_zone; /* stats or admin */
     ngx_flag_t                      needs_shards; /* admin */

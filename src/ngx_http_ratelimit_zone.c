@@ -83,8 +83,8 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     /*
-     * A ring of the same shards that some generation still uses is shared,
-     * with its health state.  Rings stay while they are current (the ring
+     * A ring of the same shards and key hash that some generation still
+     * uses is shared, with its health state.  Rings stay while they are current (the ring
      * of the configuration the master runs: workers it spawns, also after a
      * crash, find it) or some worker runs with them; the others are left
      * from reloads that failed, and go now.  This ring becomes current only
@@ -100,8 +100,13 @@ ngx_http_ratelimit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     for (ring = zone->sh->rings; ring; ring = next) {
         next = ring->next;
 
+        /*
+         * the hash is compared, not only fingerprinted: a ring shared
+         * across a change of hash would send every key to the old place
+         */
         if (ring->fingerprint == fingerprint
-            && ring->nshards == rmcf->shards.nelts)
+            && ring->nshards == rmcf->shards.nelts
+            && ring->hash == (rl_ketama_hash_t) rmcf->hash)
         {
             found = ring;
 
@@ -231,6 +236,7 @@ ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone,
     ring->points = (rl_ketama_point_t *) (p + ring_size + health_size);
     ring->nshards = rmcf->shards.nelts;
     ring->fingerprint = fingerprint;
+    ring->hash = (rl_ketama_hash_t) rmcf->hash;
 
     for (i = 0; i < ring->nshards; i++) {
         ring->health[i].name_len = shard[i].name.len;
@@ -259,8 +265,9 @@ ngx_http_ratelimit_ring_create(ngx_http_ratelimit_zone_t *zone,
     }
 
     ngx_log_error(NGX_LOG_INFO, log, 0,
-                  "ratelimit: ketama ring of %ui shards, %ui points",
-                  ring->nshards, ring->npoints);
+                  "ratelimit: ketama ring of %ui shards, %ui points, "
+                  "hash %s", ring->nshards, ring->npoints,
+                  rl_ketama_hash_name(ring->hash));
 
     return ring;
 }
@@ -355,6 +362,8 @@ ngx_http_ratelimit_ring_fingerprint(ngx_http_ratelimit_main_conf_t *rmcf)
                          sizeof(ngx_uint_t));
     }
 
+    ngx_crc32_update(&crc, (u_char *) &rmcf->hash, sizeof(ngx_uint_t));
+
     ngx_crc32_final(crc);
 
     return crc;
@@ -366,7 +375,7 @@ ngx_http_ratelimit_ring_lookup(ngx_http_ratelimit_ring_t *ring, u_char *key,
     size_t len)
 {
     return rl_ketama_lookup(ring->points, ring->npoints,
-                            rl_ketama_hash(key, len));
+                            rl_ketama_hash(ring->hash, key, len));
 }
 
 

@@ -35,7 +35,9 @@ typedef struct {
 struct ngx_http_ratelimit_ring_s {
     ngx_http_ratelimit_ring_t      *next;        /* the zone's live rings */
     ngx_uint_t                      refs;        /* workers, under the mutex */
-    uint32_t                        fingerprint;  /* of names and weights */
+    uint32_t                        fingerprint;  /* of names, weights and
+                                                     the key hash */
+    rl_ketama_hash_t                hash;        /* of the keys */
     ngx_uint_t                      nshards;
     ngx_http_ratelimit_health_t    *health;
     ngx_uint_t                      npoints;

@@ -21,10 +21,18 @@
 #define RL_KETAMA_FNV_BASIS          0x84222325u
 #define RL_KETAMA_FNV_PRIME          0x1b3u
 
+#define RL_KETAMA_MURMUR_M           0x5bd1e995u
+#define RL_KETAMA_MURMUR_R           24
+#define RL_KETAMA_MURMUR_SEED        0xdeadbeefu
+
 /* keeps 160 * n and every point index inside uint32_t, as in twemproxy */
 #define RL_KETAMA_MAX_SERVERS        (UINT32_MAX / RL_KETAMA_POINTS_PER_SERVER)
 
 
+static uint32_t rl_ketama_le32(const unsigned char *p);
+static uint32_t rl_ketama_md5(const unsigned char *key, size_t len);
+static uint32_t rl_ketama_fnv1a_64(const unsigned char *key, size_t len);
+static uint32_t rl_ketama_murmur(const unsigned char *key, size_t len);
 static uint32_t rl_ketama_server_points(uint32_t weight, uint32_t total_weight,
     uint32_t nservers);
 static size_t rl_ketama_decimal_len(uint32_t v);
@@ -212,10 +220,7 @@ rl_ketama_build(const rl_ketama_server_t *servers, size_t n,
 
             /* twemproxy reads the digest as four little-endian words */
             for (k = 0; k < RL_KETAMA_POINTS_PER_HASH; k++) {
-                p->value = (uint32_t) md[k * 4]
-                           | (uint32_t) md[k * 4 + 1] << 8
-                           | (uint32_t) md[k * 4 + 2] << 16
-                           | (uint32_t) md[k * 4 + 3] << 24;
+                p->value = rl_ketama_le32(&md[k * 4]);
                 p->server = (uint32_t) i;
                 p++;
             }
@@ -326,8 +331,38 @@ rl_ketama_sort(rl_ketama_point_t *points, size_t npoints,
 }
 
 
-uint32_t
-rl_ketama_hash(const unsigned char *key, size_t len)
+static uint32_t
+rl_ketama_le32(const unsigned char *p)
+{
+    return (uint32_t) p[0]
+           | (uint32_t) p[1] << 8
+           | (uint32_t) p[2] << 16
+           | (uint32_t) p[3] << 24;
+}
+
+
+/* twemproxy's hash_md5: the digest's first word, little-endian */
+
+static uint32_t
+rl_ketama_md5(const unsigned char *key, size_t len)
+{
+    unsigned int   md_len;
+    unsigned char  md[EVP_MAX_MD_SIZE];
+
+    md_len = 0;
+
+    if (EVP_Digest(key, len, md, &md_len, EVP_md5(), NULL) != 1
+        || md_len != RL_KETAMA_MD5_LEN)
+    {
+        return 0;
+    }
+
+    return rl_ketama_le32(md);
+}
+
+
+static uint32_t
+rl_ketama_fnv1a_64(const unsigned char *key, size_t len)
 {
     size_t    i;
     uint32_t  hash, byte;
@@ -347,6 +382,94 @@ rl_ketama_hash(const unsigned char *key, size_t len)
     }
 
     return hash;
+}
+
+
+/*
+ * twemproxy's hash_murmur, MurmurHash2 seeded with the length.  It reads
+ * each word through an unsigned int pointer, little-endian on x86-64: the
+ * words are assembled explicitly here, so a big-endian build agrees too.
+ */
+
+static uint32_t
+rl_ketama_murmur(const unsigned char *key, size_t len)
+{
+    uint32_t  hash, k, n;
+
+    n = (uint32_t) len;
+    hash = (RL_KETAMA_MURMUR_SEED * n) ^ n;
+
+    while (len >= 4) {
+        k = rl_ketama_le32(key);
+
+        k *= RL_KETAMA_MURMUR_M;
+        k ^= k >> RL_KETAMA_MURMUR_R;
+        k *= RL_KETAMA_MURMUR_M;
+
+        hash *= RL_KETAMA_MURMUR_M;
+        hash ^= k;
+
+        key += 4;
+        len -= 4;
+    }
+
+    switch (len) {
+    case 3:
+        hash ^= (uint32_t) key[2] << 16;
+        /* fall through */
+    case 2:
+        hash ^= (uint32_t) key[1] << 8;
+        /* fall through */
+    case 1:
+        hash ^= key[0];
+        hash *= RL_KETAMA_MURMUR_M;
+        break;
+    default:
+        break;
+    }
+
+    hash ^= hash >> 13;
+    hash *= RL_KETAMA_MURMUR_M;
+    hash ^= hash >> 15;
+
+    return hash;
+}
+
+
+uint32_t
+rl_ketama_hash(rl_ketama_hash_t hash, const unsigned char *key, size_t len)
+{
+    switch (hash) {
+
+    case RL_KETAMA_HASH_FNV1A_64:
+        return rl_ketama_fnv1a_64(key, len);
+
+    case RL_KETAMA_HASH_MURMUR:
+        return rl_ketama_murmur(key, len);
+
+    default: /* RL_KETAMA_HASH_MD5 */
+        return rl_ketama_md5(key, len);
+    }
+}
+
+
+const char *
+rl_ketama_hash_name(rl_ketama_hash_t hash)
+{
+    switch (hash) {
+
+    case RL_KETAMA_HASH_MD5:
+        return "md5";
+
+    case RL_KETAMA_HASH_FNV1A_64:
+        return "fnv1a_64";
+
+    case RL_KETAMA_HASH_MURMUR:
+        return "murmur";
+
+    default:
+        return NULL;
+    }
 }
 
 

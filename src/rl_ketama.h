@@ -2,8 +2,9 @@
 /*
  * A ketama consistent-hashing ring that routes keys exactly like
  * twemproxy 0.5.0 (nutcracker) does with "distribution: ketama" and
- * "hash: fnv1a_64", so a key counted by this module lives on the same Redis
- * shard that a nutcracker in front of the same shards would pick.
+ * "hash: md5", "fnv1a_64" or "murmur", so a key counted by this module lives
+ * on the same Redis shard that a nutcracker in front of the same shards,
+ * with the same hash, would pick.
  *
  * Plain C99 without nginx headers: the nginx module and the unit tests link
  * the same file.  MD5 comes from OpenSSL's libcrypto.
@@ -24,6 +25,19 @@
  * than routed in a way no nutcracker could agree with.
  */
 #define RL_KETAMA_MAX_POINT_NAME  85
+
+
+/*
+ * The key hashes, by twemproxy's names.  The ring's points are MD5 whatever
+ * the key hash: only where a key lands on the circle depends on it.
+ */
+typedef enum {
+    RL_KETAMA_HASH_MD5 = 0,
+    RL_KETAMA_HASH_FNV1A_64,
+    RL_KETAMA_HASH_MURMUR
+} rl_ketama_hash_t;
+
+#define RL_KETAMA_HASH_DEFAULT  RL_KETAMA_HASH_MD5
 
 
 typedef struct {
@@ -68,12 +82,30 @@ size_t rl_ketama_build(const rl_ketama_server_t *servers, size_t n,
     rl_ketama_point_t *points);
 
 /*
- * twemproxy's "fnv1a_64": despite the name a 32-bit FNV-1a with the low half
- * of the 64-bit offset basis (0x84222325) and of the 64-bit prime (0x1b3),
- * over the key's bytes taken as signed char, so bytes >= 0x80 are xored in
- * sign-extended (as on x86-64, where Debian's nutcracker runs).
+ * The key's place on the circle under hash, as twemproxy 0.5.0 computes it
+ * on x86-64 (where Debian's nutcracker runs; its murmur reads native-endian
+ * words):
+ *
+ *   md5       the first four bytes of the key's MD5, little-endian (0 if
+ *             libcrypto fails, which would have failed rl_ketama_build too);
+ *   fnv1a_64  despite the name a 32-bit FNV-1a with the low half of the
+ *             64-bit offset basis (0x84222325) and of the 64-bit prime
+ *             (0x1b3), over the key's bytes taken as signed char, so bytes
+ *             >= 0x80 are xored in sign-extended;
+ *   murmur    MurmurHash2 with seed 0xdeadbeef * len (modulo 2^32), its
+ *             words and tail bytes read unsigned, little-endian.
+ *
+ * nutcracker itself routes an empty key (and any key of a one-server pool)
+ * to hash 0; the module never hashes an empty key.
  */
-uint32_t rl_ketama_hash(const unsigned char *key, size_t len);
+uint32_t rl_ketama_hash(rl_ketama_hash_t hash, const unsigned char *key,
+    size_t len);
+
+/*
+ * twemproxy's name of a hash ("md5", "fnv1a_64", "murmur"), NULL for a value
+ * outside the enum: for logs and for tools that take the name.
+ */
+const char *rl_ketama_hash_name(rl_ketama_hash_t hash);
 
 /*
  * The index of the server owning hash: the first point whose value is

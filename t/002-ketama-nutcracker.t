@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 # The routing oracle: real nutcracker (twemproxy 0.5.0, "distribution:
-# ketama", "hash: fnv1a_64") in front of real redis-servers decides where
-# 2000 keys go; build/unit/ketama_route, given the same servers, must name
-# the same backend for every one of them.
+# ketama", with each of "hash: md5", "fnv1a_64" and "murmur") in front of
+# real redis-servers decides where 2000 keys go; build/unit/ketama_route,
+# given the same servers and hash, must name the same backend for every one
+# of them.
 #
 # nutcracker names a server listed as "127.0.0.1:PORT:WEIGHT" after
 # "127.0.0.1:PORT" (conf_add_server in nc_conf.c: host and port, the port
@@ -53,10 +54,15 @@ my @ports = map { $_->port } @redis;
 my @keys = make_keys(2000);
 
 # Server names whose points collide, with keys that land on the collision:
-# found and explained in t/unit/ketama_test.c (test_ties).  nutcracker gives
-# a tie to the name it sorts first, shorter and then bytewise smaller,
-# whatever the order of the list.
-my @tie_keys = qw(tie:22540 tie:22541 tie:43440 tie:43441);
+# found and explained in t/unit/ketama_test.c (test_ties), two per tie and
+# hash.  nutcracker gives a tie to the name it sorts first, shorter and then
+# bytewise smaller, whatever the order of the list.
+my @hashes = qw(md5 fnv1a_64 murmur);
+my %tie_keys = (
+    md5      => [ qw(tie:256 tie:503 tie:554 tie:1197) ],
+    fnv1a_64 => [ qw(tie:22540 tie:22541 tie:43440 tie:43441) ],
+    murmur   => [ qw(tie:28 tie:99 tie:99 tie:696) ],
+);
 
 my @cases = (
     { what => 'weights 1,2,1, nutcracker\'s own names',
@@ -72,27 +78,39 @@ my @cases = (
 
     { what => 'tie: n19921 listed before n255',
       servers => [ [ $ports[0], 1, 'n19921' ], [ $ports[1], 1, 'n255' ] ],
-      extra => [ @tie_keys[0, 1] ], winner => $ports[1] },
+      extra => [ 0, 1 ], winner => $ports[1] },
 
     { what => 'tie: n255 listed before n19921',
       servers => [ [ $ports[0], 1, 'n255' ], [ $ports[1], 1, 'n19921' ] ],
-      extra => [ @tie_keys[0, 1] ], winner => $ports[0] },
+      extra => [ 0, 1 ], winner => $ports[0] },
 
     { what => 'tie: n6596 listed before n4012',
       servers => [ [ $ports[0], 1, 'n6596' ], [ $ports[1], 1, 'n4012' ] ],
-      extra => [ @tie_keys[2, 3] ], winner => $ports[1] },
+      extra => [ 2, 3 ], winner => $ports[1] },
 );
 
-for my $case (@cases) {
-    my @case_keys = (@keys, @{ $case->{extra} || [] });
+for my $hash (@hashes) {
+    check_case($hash, $_) for @cases;
+}
+
+done_testing();
+
+
+# One case under one hash: the keys through nutcracker, then each key looked
+# for on every backend and compared with ketama_route's answer
+sub check_case {
+    my ($hash, $case) = @_;
+    my @extra = @{ $tie_keys{$hash} }[ @{ $case->{extra} || [] } ];
+    my @case_keys = (@keys, @extra);
+    my $what = "hash $hash, $case->{what}";
 
     $_->cli('FLUSHALL') for @redis;
 
-    my $port = start_nutcracker($case->{servers});
+    my $port = start_nutcracker($case->{servers}, $hash);
     my $errors = set_keys($port, \@case_keys);
     stop_nutcracker();
 
-    is($errors, 0, "$case->{what}: nutcracker stored all "
+    is($errors, 0, "$what: nutcracker stored all "
                    . scalar(@case_keys) . " keys");
 
     # where each key really went
@@ -107,7 +125,7 @@ for my $case (@cases) {
     my @specs = map { defined $_->[2] ? "$_->[2]:$_->[1]"
                                       : "127.0.0.1:$_->[0]:$_->[1]" }
                 @{ $case->{servers} };
-    my @index = run_route(\@specs, \@case_keys);
+    my @index = run_route($hash, \@specs, \@case_keys);
 
     my ($agree, @wrong) = (0);
     my %per_port;
@@ -128,21 +146,21 @@ for my $case (@cases) {
     }
 
     is($agree, scalar(@case_keys),
-       "$case->{what}: ketama_route agrees with nutcracker on every key")
+       "$what: ketama_route agrees with nutcracker on every key")
         or diag(join("\n", @wrong));
-    note("$case->{what}: keys per backend "
+    note("$what: keys per backend "
          . join(', ', map { "$_: " . ($per_port{$_} || 0) } @ports));
 
     if ($case->{winner}) {
         my @at_tie = grep { my $h = $held{$_}; $h && $h->[0] == $case->{winner} }
-                     @{ $case->{extra} };
-        is(scalar(@at_tie), scalar(@{ $case->{extra} }),
-           "$case->{what}: nutcracker gives the tied point to the name it "
+                     @extra;
+        is(scalar(@at_tie), scalar(@extra),
+           "$what: nutcracker gives the tied point to the name it "
            . "sorts first");
     }
 }
 
-done_testing();
+
 
 
 # 2000 distinct keys, none with "\n" (ketama_route reads lines) nor empty:
@@ -220,11 +238,12 @@ sub low_free_port {
     die "no free loopback port below $low found\n";
 }
 
-# Starts nutcracker for these servers and returns its port once it answers
-# PING itself (it does, without a backend); a port taken between the probe
-# and nutcracker's bind makes it exit, and it is tried again elsewhere.
+# Starts nutcracker for these servers and this "hash:" and returns its port
+# once it answers PING itself (it does, without a backend); a port taken
+# between the probe and nutcracker's bind makes it exit, and it is tried
+# again elsewhere.
 sub start_nutcracker {
-    my ($servers) = @_;
+    my ($servers, $hash) = @_;
     my $conf = "$dir/nutcracker.yml";
 
     for my $attempt (1 .. 5) {
@@ -235,7 +254,7 @@ sub start_nutcracker {
         open my $fh, '>', $conf or die "$conf: $!";
         print $fh "pool:\n",
                   "  listen: 127.0.0.1:$port\n",
-                  "  hash: fnv1a_64\n",
+                  "  hash: $hash\n",
                   "  distribution: ketama\n",
                   "  redis: true\n",
                   "  auto_eject_hosts: false\n",
@@ -320,7 +339,7 @@ sub set_keys {
 }
 
 sub run_route {
-    my ($specs, $keys) = @_;
+    my ($hash, $specs, $keys) = @_;
     my $file = "$dir/keys";
 
     open my $fh, '>:raw', $file or die "$file: $!";
@@ -332,7 +351,7 @@ sub run_route {
 
     if ($pid == 0) {
         if (open STDIN, '<', $file) {
-            exec $route, @$specs;
+            exec $route, '-h', $hash, @$specs;
         }
         warn "$route: $!\n";
         POSIX::_exit(127);

@@ -27,6 +27,7 @@ __DATA__
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT weight=1;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2 weight=1000;
     ratelimit_redis_timeout 1s;
+    ratelimit_redis_hash murmur;
 --- config
     location /low {
         ratelimit $http_x_user_id $remote_addr;
@@ -632,3 +633,36 @@ qr/\[emerg\] .*invalid timeout "0" in "ratelimit_redis_timeout", must be 1ms to 
 --- must_die
 --- error_log eval
 qr/\[emerg\] .*invalid timeout "soon" in "ratelimit_redis_timeout", must be 1ms to 60s in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 39: ratelimit_redis_hash: a hash twemproxy has but the module does not
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis_hash crc32;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        empty_gif;
+    }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*invalid value "crc32" in "ratelimit_redis_hash", expected "md5", "fnv1a_64" or "murmur" in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 40: ratelimit_redis_hash twice
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis_hash md5;
+    ratelimit_redis_hash fnv1a_64;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        empty_gif;
+    }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*"ratelimit_redis_hash" directive is duplicate in \S+nginx\.conf:\d+/

@@ -1,11 +1,12 @@
 
 /*
- * ketama_route name:weight [name:weight ...] < keys
+ * ketama_route [-h md5|fnv1a_64|murmur] name:weight [name:weight ...] < keys
  *
  * Prints, for each key read from stdin (one per line, any bytes but '\n'),
  * the index of the server the ring routes it to, in the order the servers
- * were given.  The name is everything before the last ':', so
- * "127.0.0.1:6379:1" is server "127.0.0.1:6379" of weight 1, the name
+ * were given, the key hashed with twemproxy's hash of that name (md5, the
+ * module's default, without -h).  The name is everything before the last
+ * ':', so "127.0.0.1:6379:1" is server "127.0.0.1:6379" of weight 1, the name
  * nutcracker gives "127.0.0.1:6379:1" in its servers list.  Tests compare
  * its answers with where nutcracker actually put the keys.
  */
@@ -16,6 +17,27 @@
 #include <string.h>
 
 #include "rl_ketama.h"
+
+
+static int
+parse_hash(const char *arg, rl_ketama_hash_t *hash)
+{
+    int          h;
+    const char  *name;
+
+    for (h = RL_KETAMA_HASH_MD5; ; h++) {
+        name = rl_ketama_hash_name((rl_ketama_hash_t) h);
+
+        if (name == NULL) {
+            return -1;
+        }
+
+        if (strcmp(name, arg) == 0) {
+            *hash = (rl_ketama_hash_t) h;
+            return 0;
+        }
+    }
+}
 
 
 static int
@@ -48,19 +70,33 @@ parse_server(const char *arg, rl_ketama_server_t *server)
 int
 main(int argc, char **argv)
 {
-    int                  c;
+    int                  c, first;
     size_t               n, i, npoints, len, size;
+    rl_ketama_hash_t     hash;
     unsigned char       *key, *bigger;
     rl_ketama_point_t   *points;
     rl_ketama_server_t  *servers;
 
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s name:weight [name:weight ...] < keys\n",
-                argv[0]);
+    hash = RL_KETAMA_HASH_DEFAULT;
+    first = 1;
+
+    if (argc > 2 && strcmp(argv[1], "-h") == 0) {
+        if (parse_hash(argv[2], &hash) != 0) {
+            fprintf(stderr, "unknown hash \"%s\", expected md5, fnv1a_64 "
+                    "or murmur\n", argv[2]);
+            return 2;
+        }
+
+        first = 3;
+    }
+
+    if (argc <= first) {
+        fprintf(stderr, "usage: %s [-h md5|fnv1a_64|murmur] "
+                "name:weight [name:weight ...] < keys\n", argv[0]);
         return 2;
     }
 
-    n = (size_t) argc - 1;
+    n = (size_t) (argc - first);
 
     servers = calloc(n, sizeof(rl_ketama_server_t));
     if (servers == NULL) {
@@ -69,9 +105,9 @@ main(int argc, char **argv)
     }
 
     for (i = 0; i < n; i++) {
-        if (parse_server(argv[i + 1], &servers[i]) != 0) {
+        if (parse_server(argv[first + i], &servers[i]) != 0) {
             fprintf(stderr, "invalid server \"%s\", expected name:weight\n",
-                    argv[i + 1]);
+                    argv[first + i]);
             return 2;
         }
     }
@@ -114,7 +150,7 @@ main(int argc, char **argv)
         if (c == EOF || c == '\n') {
             printf("%lu\n", (unsigned long)
                    rl_ketama_lookup(points, npoints,
-                                    rl_ketama_hash(key, len)));
+                                    rl_ketama_hash(hash, key, len)));
             len = 0;
 
             if (c == EOF) {

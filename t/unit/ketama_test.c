@@ -89,6 +89,42 @@ ref_fnv1a(const unsigned char *key, size_t len)
 }
 
 
+/*
+ * The reference MurmurHash2 as twemproxy runs it on x86-64: words read
+ * native-endian through memcpy, seed 0xdeadbeef times the length.
+ */
+
+static uint32_t
+ref_murmur(const unsigned char *key, size_t len)
+{
+    uint32_t  h, w;
+    size_t    left;
+
+    h = 3735928559u * (uint32_t) len ^ (uint32_t) len;      /* 0xdeadbeef */
+
+    for (left = len; left >= 4; left -= 4, key += 4) {
+        memcpy(&w, key, 4);
+        w *= 1540483477u;                                   /* 0x5bd1e995 */
+        w ^= w >> 24;
+        w *= 1540483477u;
+        h = h * 1540483477u ^ w;
+    }
+
+    if (left > 0) {
+        while (left-- > 0) {
+            h ^= (uint32_t) key[left] << (8 * left);
+        }
+
+        h *= 1540483477u;
+    }
+
+    h ^= h >> 13;
+    h *= 1540483477u;
+
+    return h ^ h >> 15;
+}
+
+
 /* splitmix64: a fixed, portable source of test keys */
 
 static uint64_t
@@ -144,7 +180,8 @@ make_keys(void)
             break;
         }
 
-        key_hash[i] = rl_ketama_hash(key, (size_t) len);
+        key_hash[i] = rl_ketama_hash(RL_KETAMA_HASH_DEFAULT, key,
+                                     (size_t) len);
     }
 }
 
@@ -291,13 +328,35 @@ key_shares(const rl_ketama_point_t *points, size_t npoints, double *share,
 }
 
 
-static void
-test_hash(void)
+/* 10000 binary keys of 0 to 39 bytes from seed: hash equals ref on each */
+
+static int
+same_as_ref(rl_ketama_hash_t hash,
+    uint32_t (*ref)(const unsigned char *key, size_t len), uint64_t seed)
 {
-    size_t          i, j, len;
-    uint64_t        state;
-    unsigned char   key[40];
-    int             same;
+    size_t         i, j, len;
+    unsigned char  key[40];
+
+    for (i = 0; i < 10000; i++) {
+        len = (size_t) (next_random(&seed) % sizeof(key));
+
+        for (j = 0; j < len; j++) {
+            key[j] = (unsigned char) next_random(&seed);
+        }
+
+        if (rl_ketama_hash(hash, key, len) != ref(key, len)) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static void
+test_fnv1a_64(void)
+{
+    size_t  i, len;
 
     static const struct {
         const char  *key;
@@ -324,7 +383,8 @@ test_hash(void)
     for (i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
         len = strlen(known[i].key);
 
-        ok(rl_ketama_hash((const unsigned char *) known[i].key, len)
+        ok(rl_ketama_hash(RL_KETAMA_HASH_FNV1A_64,
+                          (const unsigned char *) known[i].key, len)
            == known[i].hash
            && ref_fnv1a((const unsigned char *) known[i].key, len)
               == known[i].hash,
@@ -335,7 +395,8 @@ test_hash(void)
     for (i = 0; i < sizeof(high) / sizeof(high[0]); i++) {
         len = strlen(high[i].key);
 
-        ok(rl_ketama_hash((const unsigned char *) high[i].key, len)
+        ok(rl_ketama_hash(RL_KETAMA_HASH_FNV1A_64,
+                          (const unsigned char *) high[i].key, len)
            == high[i].hash
            && ref_fnv1a((const unsigned char *) high[i].key, len)
               == high[i].hash
@@ -346,22 +407,67 @@ test_hash(void)
            (unsigned long) high[i].unsigned_hash);
     }
 
-    state = 7;
-    same = 1;
+    ok(same_as_ref(RL_KETAMA_HASH_FNV1A_64, ref_fnv1a, 7),
+       "fnv1a_64 agrees with the reference loop on 10000 binary keys");
+}
 
-    for (i = 0; i < 10000; i++) {
-        len = (size_t) (next_random(&state) % sizeof(key));
 
-        for (j = 0; j < len; j++) {
-            key[j] = (unsigned char) next_random(&state);
-        }
+/*
+ * md5 and murmur against values computed outside this code (Python's
+ * hashlib for MD5, a Python MurmurHash2 for murmur); t/002 then checks that
+ * a real nutcracker routes 2000 keys the same way with each hash.
+ */
 
-        if (rl_ketama_hash(key, len) != ref_fnv1a(key, len)) {
-            same = 0;
-        }
+static void
+test_md5_murmur(void)
+{
+    size_t  i, len;
+
+    static const struct {
+        const char  *key;
+        uint32_t     md5;
+        uint32_t     murmur;
+    } known[] = {
+        { "",                               0xd98c1dd4, 0x00000000 },
+        { "a",                              0xb975c10c, 0x4b41757c },
+        { "ab",                             0x43f47e18, 0xe3b54dfb },
+        { "abc",                            0x98500190, 0x7b0cc428 },
+        { "abcd",                           0x4c71fce2, 0xef6a86af },
+        { "foobar",                         0x22f65838, 0xabecff17 },
+        { "rl:tb:user42",                   0xfefb8e3a, 0x632c21e9 },
+        { "\x80",                           0x7edd398d, 0x90556245 },
+        { "\xff",                           0xd44f5900, 0xdb530a9c },
+        { "\xc3\xa9",                       0x97cddd66, 0x7ddc1147 },
+        { "user\xfe\x01",                   0x6717f309, 0x3e9d6eb3 },
+        { "rl:tb:http_x_user_id:k:cust-1",  0x014616d6, 0x0750119a },
+    };
+
+    for (i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        len = strlen(known[i].key);
+
+        ok(rl_ketama_hash(RL_KETAMA_HASH_MD5,
+                          (const unsigned char *) known[i].key, len)
+           == known[i].md5
+           && rl_ketama_hash(RL_KETAMA_HASH_MURMUR,
+                             (const unsigned char *) known[i].key, len)
+              == known[i].murmur
+           && ref_murmur((const unsigned char *) known[i].key, len)
+              == known[i].murmur,
+           "key #%lu (%lu bytes): md5 0x%08lx, murmur 0x%08lx",
+           (unsigned long) i + 1, (unsigned long) len,
+           (unsigned long) known[i].md5, (unsigned long) known[i].murmur);
     }
 
-    ok(same, "fnv1a_64 agrees with the reference loop on 10000 binary keys");
+    ok(same_as_ref(RL_KETAMA_HASH_MURMUR, ref_murmur, 11),
+       "murmur agrees with the reference loop on 10000 binary keys");
+
+    ok(strcmp(rl_ketama_hash_name(RL_KETAMA_HASH_MD5), "md5") == 0
+       && strcmp(rl_ketama_hash_name(RL_KETAMA_HASH_FNV1A_64), "fnv1a_64")
+          == 0
+       && strcmp(rl_ketama_hash_name(RL_KETAMA_HASH_MURMUR), "murmur") == 0
+       && rl_ketama_hash_name((rl_ketama_hash_t) 3) == NULL
+       && RL_KETAMA_HASH_DEFAULT == RL_KETAMA_HASH_MD5,
+       "hash names are twemproxy's; md5 is the default");
 }
 
 
@@ -701,8 +807,8 @@ test_lookup(void)
 /*
  * Server names whose rings collide, found by building the points of names
  * "n0".."n19999" and looking for equal values; the keys were found by
- * hashing "tie:<i>" until one fell in the gap that ends at the collision.
- * t/002 sends the same names and keys through nutcracker.
+ * hashing "tie:<i>" with each hash until two fell in the gap that ends at
+ * the collision.  t/002 sends the same names and keys through nutcracker.
  */
 
 static void
@@ -710,7 +816,8 @@ test_ties(void)
 {
     int                  good;
     size_t               c, order, i, npoints, tie;
-    uint32_t             winner;
+    uint32_t             winner, h;
+    rl_ketama_hash_t     hash;
     rl_ketama_point_t   *points;
     rl_ketama_server_t   servers[2];
 
@@ -718,12 +825,16 @@ test_ties(void)
         const char  *first;     /* the name nutcracker sorts first */
         const char  *second;
         uint32_t     value;
-        const char  *keys[2];
+        const char  *keys[3][2];   /* by hash: md5, fnv1a_64, murmur */
     } ties[] = {
         /* shorter wins, though "n19921" is bytewise smaller */
-        { "n255", "n19921", 0x017f376f, { "tie:22540", "tie:22541" } },
+        { "n255", "n19921", 0x017f376f,
+          { { "tie:256", "tie:503" }, { "tie:22540", "tie:22541" },
+            { "tie:28", "tie:99" } } },
         /* same length: bytewise smaller wins */
-        { "n4012", "n6596", 0x0029cf4f, { "tie:43440", "tie:43441" } },
+        { "n4012", "n6596", 0x0029cf4f,
+          { { "tie:554", "tie:1197" }, { "tie:43440", "tie:43441" },
+            { "tie:99", "tie:696" } } },
     };
 
     for (c = 0; c < sizeof(ties) / sizeof(ties[0]); c++) {
@@ -752,27 +863,168 @@ test_ties(void)
                    && rl_ketama_lookup(points, npoints, ties[c].value)
                       == winner;
 
-            for (i = 0; i < 2; i++) {
-                uint32_t  h;
+            for (hash = RL_KETAMA_HASH_MD5; hash <= RL_KETAMA_HASH_MURMUR;
+                 hash++)
+            {
+                for (i = 0; i < 2; i++) {
+                    h = rl_ketama_hash(hash, (const unsigned char *)
+                                       ties[c].keys[hash][i],
+                                       strlen(ties[c].keys[hash][i]));
 
-                h = rl_ketama_hash((const unsigned char *) ties[c].keys[i],
-                                   strlen(ties[c].keys[i]));
-
-                /* the key falls in the gap that the tied point closes */
-                good = good
-                       && h <= ties[c].value
-                       && (tie == 0 || h > points[tie - 1].value)
-                       && rl_ketama_lookup(points, npoints, h) == winner;
+                    /* the key falls in the gap the tied point closes */
+                    good = good
+                           && h <= ties[c].value
+                           && (tie == 0 || h > points[tie - 1].value)
+                           && rl_ketama_lookup(points, npoints, h) == winner;
+                }
             }
 
             ok(good, "tie at 0x%08lx between \"%s\" and \"%s\" (listed %s): "
-               "\"%s\" owns it and its keys", (unsigned long) ties[c].value,
+               "\"%s\" owns it and its keys under each hash",
+               (unsigned long) ties[c].value,
                ties[c].first, ties[c].second,
                order == 0 ? "in that order" : "the other way round",
                ties[c].first);
 
             free(points);
         }
+    }
+}
+
+
+/*
+ * How keys that differ only in their last bytes spread over two shards, for
+ * each hash: 40 sequential ids as the module keys them
+ * ("rl:tb:http_x_user_id:k:cust-1" .. "cust-40") and every address of
+ * 10.1.0.0/16 ("rl:tb:remote_addr:k:10.1.a.b").  The split depends on the
+ * shards' names, so it is taken over 100 pairs "127.0.0.1:P",
+ * "127.0.0.1:P+1" (P = 20000, 20002, ...), fixed so that every run sees the
+ * same figures.
+ *
+ * Bands asserted for md5 and murmur: the ids split at least 8/32 on every
+ * pair (40 fair coin flips give 20 +- 3.2, and each shard's share of the
+ * circle 0.5 +- 0.04, so 8 is some 3.5 standard deviations out), and the
+ * /16 splits between 35% and 65% (the share of the circle, +- 3 of its
+ * standard deviations, with room to spare).  fnv1a_64 is printed and only
+ * its clustering asserted, as documentation: its last multiplication by 435
+ * moves a key by at most 435 * 255 per last byte, so the ids sit in a few of
+ * the circle's 320 arcs (about 13 million apart), and a whole /24 of the
+ * /16 may sit on one shard, though the /16 as a whole splits evenly.
+ */
+
+#define SPREAD_PAIRS  100
+#define SPREAD_IDS    40
+
+static void
+test_spread(void)
+{
+    size_t               npoints, pair, id, a, b, len;
+    size_t               one_shard, least, ip_least, on_first, in24, worst24;
+    size_t               ids_least_sum;
+    double               ip_share, ip_min, ip_max;
+    uint32_t             hash;
+    rl_ketama_hash_t     h;
+    rl_ketama_point_t   *points;
+    rl_ketama_server_t   servers[2];
+    char                 names[2][32];
+    char                 key[64];
+
+    for (h = RL_KETAMA_HASH_MD5; h <= RL_KETAMA_HASH_MURMUR; h++) {
+        one_shard = 0;
+        least = SPREAD_IDS;
+        ids_least_sum = 0;
+        ip_min = 1.0;
+        ip_max = 0.0;
+        worst24 = 256;
+
+        for (pair = 0; pair < SPREAD_PAIRS; pair++) {
+            for (a = 0; a < 2; a++) {
+                snprintf(names[a], sizeof(names[a]), "127.0.0.1:%lu",
+                         (unsigned long) (20000 + 2 * pair + a));
+                servers[a].name = (const unsigned char *) names[a];
+                servers[a].name_len = strlen(names[a]);
+                servers[a].weight = 1;
+            }
+
+            points = build(servers, 2, &npoints);
+
+            on_first = 0;
+
+            for (id = 1; id <= SPREAD_IDS; id++) {
+                len = (size_t) snprintf(key, sizeof(key),
+                                        "rl:tb:http_x_user_id:k:cust-%lu",
+                                        (unsigned long) id);
+                hash = rl_ketama_hash(h, (const unsigned char *) key, len);
+                on_first += rl_ketama_lookup(points, npoints, hash) == 0;
+            }
+
+            if (on_first == 0 || on_first == SPREAD_IDS) {
+                one_shard++;
+            }
+
+            on_first = on_first < SPREAD_IDS - on_first
+                       ? on_first : SPREAD_IDS - on_first;
+            least = on_first < least ? on_first : least;
+            ids_least_sum += on_first;
+
+            /* the /16 on every tenth pair: 65536 keys each */
+            if (pair % 10 == 0) {
+                ip_least = 0;
+
+                for (a = 0; a < 256; a++) {
+                    in24 = 0;
+
+                    for (b = 0; b < 256; b++) {
+                        len = (size_t) snprintf(key, sizeof(key),
+                                                "rl:tb:remote_addr:k:"
+                                                "10.1.%lu.%lu",
+                                                (unsigned long) a,
+                                                (unsigned long) b);
+                        hash = rl_ketama_hash(h, (const unsigned char *) key,
+                                              len);
+                        in24 += rl_ketama_lookup(points, npoints, hash) == 0;
+                    }
+
+                    ip_least += in24;
+                    in24 = in24 < 256 - in24 ? in24 : 256 - in24;
+                    worst24 = in24 < worst24 ? in24 : worst24;
+                }
+
+                ip_share = (double) ip_least / 65536;
+                ip_min = ip_share < ip_min ? ip_share : ip_min;
+                ip_max = ip_share > ip_max ? ip_share : ip_max;
+            }
+
+            free(points);
+        }
+
+        diag("spread %s: cust-1..cust-40 all on one shard in %lu of %d "
+             "pairs; the smaller side holds %lu at least, %.1f on average; "
+             "10.1.0.0/16: first shard's share %.3f to %.3f, the most "
+             "lopsided /24 %lu/%lu", rl_ketama_hash_name(h),
+             (unsigned long) one_shard, SPREAD_PAIRS, (unsigned long) least,
+             (double) ids_least_sum / SPREAD_PAIRS, ip_min, ip_max,
+             (unsigned long) worst24, (unsigned long) (256 - worst24));
+
+        if (h == RL_KETAMA_HASH_FNV1A_64) {
+            ok(one_shard >= SPREAD_PAIRS / 4
+               && ids_least_sum < 8 * SPREAD_PAIRS,
+               "spread fnv1a_64 clusters: 40 sequential ids all on one of "
+               "two shards in %lu of %d pairs, the smaller side %.1f on "
+               "average", (unsigned long) one_shard, SPREAD_PAIRS,
+               (double) ids_least_sum / SPREAD_PAIRS);
+            continue;
+        }
+
+        ok(one_shard == 0 && least >= 8,
+           "spread %s: 40 sequential ids split at worst %lu/%lu over two "
+           "shards (band: at least 8 each) in %d pairs",
+           rl_ketama_hash_name(h), (unsigned long) least,
+           (unsigned long) (SPREAD_IDS - least), SPREAD_PAIRS);
+
+        ok(ip_min >= 0.35 && ip_max <= 0.65,
+           "spread %s: 10.1.0.0/16 splits %.3f..%.3f over two shards "
+           "(band 0.35..0.65)", rl_ketama_hash_name(h), ip_min, ip_max);
     }
 }
 
@@ -837,11 +1089,13 @@ main(void)
 {
     make_keys();
 
-    test_hash();
+    test_fnv1a_64();
+    test_md5_murmur();
     test_points();
     test_add_remove();
     test_lookup();
     test_ties();
+    test_spread();
     test_errors();
 
     printf("1..%u\n", test_count);
