@@ -27,6 +27,15 @@
 #include <ngx_sha1.h>
 
 
+/* what became of a check: $ratelimit_status */
+#define NGX_HTTP_RATELIMIT_NOT_LIMITED       0
+#define NGX_HTTP_RATELIMIT_PASSED            1
+#define NGX_HTTP_RATELIMIT_FAILED_OPEN       2
+#define NGX_HTTP_RATELIMIT_FAILED_CLOSED     3
+#define NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN  4
+#define NGX_HTTP_RATELIMIT_REJECTED          5   /* the worst, last */
+
+
 /* the most limits one request is checked against */
 #define NGX_HTTP_RATELIMIT_MAX_CHECKS  16
 
@@ -57,6 +66,8 @@ typedef struct {
     int64_t                            deadline;   /* shard's clock, ms */
 
     ngx_int_t                          rc;         /* DECLINED: passed */
+    ngx_uint_t                         status;     /* NGX_HTTP_RATELIMIT_* */
+    long long                          remaining;  /* -1: not known */
 
     unsigned                           pending:1;  /* waits for a shard */
     unsigned                           eval:1;     /* resent after NOSCRIPT */
@@ -94,6 +105,11 @@ typedef struct {
  */
 typedef struct {
     ngx_array_t                        limits;     /* ngx_str_t limit ids */
+
+    /* the latest verdict, for the variables (they outlive a redirect too) */
+    ngx_uint_t                         status;
+    long long                          remaining;  /* -1: not known */
+    ngx_str_t                         *policy;     /* that denied, or would */
 } ngx_http_ratelimit_trail_t;
 
 
@@ -107,6 +123,9 @@ static void ngx_http_ratelimit_settle(ngx_http_ratelimit_check_t *check,
     ngx_int_t rc);
 static void ngx_http_ratelimit_suspend(ngx_http_ratelimit_check_t *check);
 static ngx_int_t ngx_http_ratelimit_verdict(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_record(ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check);
 static void ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check);
 static void ngx_http_ratelimit_rule_reply(void *data, redisReply *reply);
@@ -167,6 +186,43 @@ static ngx_http_ratelimit_script_t  ngx_http_ratelimit_scripts[] = {
 
 static const char  *ngx_http_ratelimit_prefixes[] = {
     "", "rl:tb:", "rl:sw:"
+};
+
+
+/* the location's unnamed limit, as headers, logs and variables name it */
+static ngx_str_t  ngx_http_ratelimit_default_policy = ngx_string("default");
+
+
+/* indexed by NGX_HTTP_RATELIMIT_* statuses */
+static ngx_str_t  ngx_http_ratelimit_statuses[] = {
+    ngx_string(""),
+    ngx_string("PASSED"),
+    ngx_string("FAILED_OPEN"),
+    ngx_string("FAILED_CLOSED"),
+    ngx_string("REJECTED_DRY_RUN"),
+    ngx_string("REJECTED")
+};
+
+
+#define NGX_HTTP_RATELIMIT_VAR_STATUS     0
+#define NGX_HTTP_RATELIMIT_VAR_POLICY     1
+#define NGX_HTTP_RATELIMIT_VAR_REMAINING  2
+
+static ngx_http_variable_t  ngx_http_ratelimit_vars[] = {
+
+    { ngx_string("ratelimit_status"), NULL,
+      ngx_http_ratelimit_status_variable, NGX_HTTP_RATELIMIT_VAR_STATUS,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("ratelimit_policy"), NULL,
+      ngx_http_ratelimit_status_variable, NGX_HTTP_RATELIMIT_VAR_POLICY,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("ratelimit_remaining"), NULL,
+      ngx_http_ratelimit_status_variable, NGX_HTTP_RATELIMIT_VAR_REMAINING,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
 };
 
 
@@ -253,6 +309,7 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
         check = &ctx->checks[i];
         check->ctx = ctx;
         check->rc = NGX_DECLINED;
+        check->remaining = -1;
 
         ngx_http_ratelimit_start(check);
     }
@@ -267,6 +324,7 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
     }
 
     ctx->rc = ngx_http_ratelimit_verdict(ctx);
+    ngx_http_ratelimit_record(ctx);
 
     return ctx->rc;
 }
@@ -408,6 +466,10 @@ ngx_http_ratelimit_trail(ngx_http_request_t *r, ngx_uint_t create)
         return NULL;
     }
 
+    trail->status = NGX_HTTP_RATELIMIT_NOT_LIMITED;
+    trail->remaining = -1;
+    trail->policy = NULL;
+
     cln->handler = ngx_http_ratelimit_trail_cleanup;
 
     return trail;
@@ -465,6 +527,134 @@ ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_check_t *check)
     id->len = check->limit_id_len;
 
     return 0;
+}
+
+
+/*
+ * The verdict as the variables tell it: the worst status of the checks
+ * (REJECTED over REJECTED_DRY_RUN over FAILED_CLOSED over FAILED_OPEN over
+ * PASSED), the policy behind a rejection, the lowest remaining.  A request
+ * an internal redirect checks again keeps the latest verdict; checks that
+ * limited nothing leave the earlier one.
+ */
+
+static void
+ngx_http_ratelimit_record(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t                   i, status;
+    long long                    remaining;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_trail_t  *trail;
+
+    status = NGX_HTTP_RATELIMIT_NOT_LIMITED;
+    remaining = -1;
+
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
+
+        if (check->status > status) {
+            status = check->status;
+        }
+
+        if (check->remaining >= 0
+            && (remaining < 0 || check->remaining < remaining))
+        {
+            remaining = check->remaining;
+        }
+    }
+
+    if (status == NGX_HTTP_RATELIMIT_NOT_LIMITED) {
+        return;
+    }
+
+    trail = ngx_http_ratelimit_trail(ctx->request, 1);
+    if (trail == NULL) {
+        return;
+    }
+
+    trail->status = status;
+    trail->remaining = remaining;
+    trail->policy = (status >= NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN)
+                    ? &ngx_http_ratelimit_default_policy : NULL;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_ratelimit_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_status_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char                      *p;
+    ngx_str_t                   *s;
+    ngx_http_ratelimit_trail_t  *trail;
+
+    trail = ngx_http_ratelimit_trail(r->main, 0);
+
+    if (trail == NULL || trail->status == NGX_HTTP_RATELIMIT_NOT_LIMITED) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_HTTP_RATELIMIT_VAR_STATUS:
+        s = &ngx_http_ratelimit_statuses[trail->status];
+        break;
+
+    case NGX_HTTP_RATELIMIT_VAR_POLICY:
+        if (trail->policy == NULL) {
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
+        s = trail->policy;
+        break;
+
+    default: /* NGX_HTTP_RATELIMIT_VAR_REMAINING */
+        if (trail->remaining < 0) {
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
+        p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        v->len = ngx_sprintf(p, "%L", trail->remaining) - p;
+        v->valid = 1;
+        v->no_cacheable = 1;
+        v->not_found = 0;
+        v->data = p;
+
+        return NGX_OK;
+    }
+
+    v->len = s->len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = s->data;
+
+    return NGX_OK;
 }
 
 
@@ -646,6 +836,10 @@ ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
 static void
 ngx_http_ratelimit_evaluate(ngx_http_ratelimit_check_t *check)
 {
+#if (NGX_DEBUG)
+    u_char                    *escaped;
+    size_t                     len;
+#endif
     ngx_uint_t                 shard;
     ngx_msec_t                 retry, reset;
     rl_check_result_t          result;
@@ -684,10 +878,16 @@ ngx_http_ratelimit_evaluate(ngx_http_ratelimit_check_t *check)
     check->health = &ctx->zone->ring->health[shard];
     check->conn = ngx_http_ratelimit_redis_conn(shard);
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
-                   "ratelimit: key \"%*s\" on shard %V",
-                   check->key_len, check->key,
-                   ngx_http_ratelimit_redis_name(check->conn));
+#if (NGX_DEBUG)
+    if (ctx->request->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
+        escaped = ngx_http_ratelimit_escape(ctx->request, check->key,
+                                            check->key_len, &len);
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                       "ratelimit: key \"%*s\" on shard %V", len, escaped,
+                       ngx_http_ratelimit_redis_name(check->conn));
+    }
+#endif
 
     if (ngx_http_ratelimit_shard_admit(check->health)
         == NGX_HTTP_RATELIMIT_SHARD_DOWN)
@@ -985,6 +1185,7 @@ ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx)
     c = r->connection;
 
     ctx->rc = ngx_http_ratelimit_verdict(ctx);
+    ngx_http_ratelimit_record(ctx);
 
     if (ctx->timer.timer_set) {
         ngx_del_timer(&ctx->timer);
@@ -1002,8 +1203,11 @@ static ngx_int_t
 ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
     rl_check_result_t *result, ngx_uint_t from_redis)
 {
-    u_char                    *p, *escaped;
+    u_char                    *p;
+#if (NGX_DEBUG)
+    u_char                    *escaped;
     size_t                     len;
+#endif
     ngx_http_request_t        *r;
     ngx_http_ratelimit_ctx_t  *ctx;
     u_char                     buf[NGX_INT64_LEN];
@@ -1015,7 +1219,10 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    check->remaining = result->remaining;
+
     if (result->allowed) {
+        check->status = NGX_HTTP_RATELIMIT_PASSED;
         ngx_http_ratelimit_count(allowed, 1);
         return NGX_DECLINED;
     }
@@ -1032,20 +1239,40 @@ ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
                                           ctx->epoch);
     }
 
+    /*
+     * Like limit_req's: the policy and its limit, never the key (often a
+     * user id) but at debug; nginx adds the client's address.
+     */
+
+    ngx_log_error(ctx->conf->log_level, r->connection->log, 0,
+                  "ratelimit: %slimiting requests by policy \"%V\" "
+                  "(%L per %Ls), retry after %L ms",
+                  ctx->conf->dry_run ? "dry run, not " : "",
+                  &ngx_http_ratelimit_default_policy, check->rule.limit,
+                  check->rule.window, result->retry_after_ms);
+
+#if (NGX_DEBUG)
+    if (r->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
+        escaped = ngx_http_ratelimit_escape(r, check->key, check->key_len,
+                                            &len);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "ratelimit: key \"%*s\" is over its limit",
+                       len, escaped);
+    }
+#endif
+
+    if (ctx->conf->dry_run) {
+        check->status = NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN;
+        return NGX_DECLINED;
+    }
+
+    check->status = NGX_HTTP_RATELIMIT_REJECTED;
+
     p = ngx_sprintf(buf, "%L", rl_retry_after_seconds(result->retry_after_ms));
 
     if (ngx_http_ratelimit_add_header(r, "Retry-After", buf, p) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (r->connection->log->log_level >= NGX_LOG_INFO) {
-        escaped = ngx_http_ratelimit_escape(r, check->key, check->key_len,
-                                            &len);
-
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "ratelimit: limiting requests of \"%*s\", "
-                      "retry after %L ms", len, escaped,
-                      result->retry_after_ms);
     }
 
     return ctx->conf->status;
@@ -1078,10 +1305,12 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
     }
 
     if (!closed) {
+        check->status = NGX_HTTP_RATELIMIT_FAILED_OPEN;
         ngx_http_ratelimit_count(failed_open, 1);
         return NGX_DECLINED;
     }
 
+    check->status = NGX_HTTP_RATELIMIT_FAILED_CLOSED;
     ngx_http_ratelimit_count(failed_closed, 1);
 
     retry = check->health ? ngx_http_ratelimit_shard_retry_in(check->health)

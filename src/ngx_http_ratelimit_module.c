@@ -60,6 +60,16 @@ static ngx_conf_enum_t  ngx_http_ratelimit_fail_policies[] = {
 };
 
 
+/* as limit_req_log_level: the level of denials, and one below for delays */
+static ngx_conf_enum_t  ngx_http_ratelimit_log_levels[] = {
+    { ngx_string("info"), NGX_LOG_INFO },
+    { ngx_string("notice"), NGX_LOG_NOTICE },
+    { ngx_string("warn"), NGX_LOG_WARN },
+    { ngx_string("error"), NGX_LOG_ERR },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_conf_enum_t  ngx_http_ratelimit_header_sets[] = {
     { ngx_string("off"), NGX_HTTP_RATELIMIT_HEADERS_OFF },
     { ngx_string("on"), NGX_HTTP_RATELIMIT_HEADERS_DRAFT },
@@ -149,6 +159,20 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       offsetof(ngx_http_ratelimit_loc_conf_t, status),
       NULL },
 
+    { ngx_string("ratelimit_dry_run"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, dry_run),
+      NULL },
+
+    { ngx_string("ratelimit_log_level"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_set_enum,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, log_level),
+      &ngx_http_ratelimit_log_levels },
+
     { ngx_string("ratelimit_headers"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_ratelimit_set_enum,
@@ -182,7 +206,7 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_ratelimit_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_ratelimit_add_variables,      /* preconfiguration */
     ngx_http_ratelimit_init,               /* postconfiguration */
 
     ngx_http_ratelimit_create_main_conf,   /* create main configuration */
@@ -279,6 +303,8 @@ ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf)
     conf->fail = NGX_CONF_UNSET_UINT;
     conf->status = NGX_CONF_UNSET_UINT;
     conf->headers = NGX_CONF_UNSET_UINT;
+    conf->dry_run = NGX_CONF_UNSET;
+    conf->log_level = NGX_CONF_UNSET_UINT;
     conf->admin = NGX_CONF_UNSET;
 
     return conf;
@@ -313,6 +339,8 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_TOO_MANY_REQUESTS);
     ngx_conf_merge_uint_value(conf->headers, prev->headers,
                               NGX_HTTP_RATELIMIT_HEADERS_DRAFT);
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_value(conf->admin, prev->admin, 0);
     ngx_conf_merge_str_value(conf->admin_token, prev->admin_token, "");
 

@@ -91,6 +91,8 @@ typedef struct {
     ngx_uint_t                      fail;
     ngx_uint_t                      status;
     ngx_uint_t                      headers;
+    ngx_flag_t                      dry_run;
+    ngx_uint_t                      log_level;  /* of denials */
     ngx_flag_t                      admin;
     ngx_str_t                       admin_token;
 } ngx_http_ratelimit_loc_conf_t;

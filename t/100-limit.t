@@ -116,8 +116,8 @@ GET /t
 Retry-After: [1-9][0-9]*
 --- response_body_like: 429 Too Many Requests
 --- error_log eval
-[qr/\[info\] .*ratelimit: limiting requests of "rl:tb:remote_addr:k:127\.0\.0\.1"/,
- qr/retry after [1-9][0-9]* ms/]
+[qr/\[error\] .*ratelimit: limiting requests by policy "default" \(2 per 3600s\), retry after [1-9][0-9]* ms, client: 127\.0\.0\.1/,
+ qr/ratelimit: key "rl:tb:remote_addr:k:127\.0\.0\.1" is over its limit/]
 
 
 
@@ -315,7 +315,7 @@ GET /t
 --- response_headers_like
 Retry-After: [1-9][0-9]*
 --- error_log eval
-[qr/ratelimit: limiting requests of "\Q$::BigKey\E"/]
+[qr/ratelimit: key "\Q$::BigKey\E" is over its limit/]
 --- no_error_log eval
 ["rl:tb:http_x_user_id:k:big-"]
 
@@ -360,7 +360,7 @@ Retry-After: [1-9][0-9]*
 GET /t
 --- error_code: 429
 --- error_log eval
-[qr/ratelimit: limiting requests of "rl:tb:http_x_user_id:k:\Q$::Id126\E"/]
+[qr/ratelimit: key "rl:tb:http_x_user_id:k:\Q$::Id126\E" is over its limit/]
 
 
 
@@ -382,7 +382,7 @@ GET /t
 GET /t
 --- error_code: 429
 --- error_log eval
-[qr/ratelimit: limiting requests of "\Q$::Key127\E"/]
+[qr/ratelimit: key "\Q$::Key127\E" is over its limit/]
 
 
 

@@ -336,7 +336,7 @@ GET /t
 
 
 
-=== TEST 13: ... and its denial is logged with those bytes escaped
+=== TEST 13: ... and its denial is logged without the id (info and up)
 --- http_config
     ratelimit_zone ratelimit:1m;
     ratelimit_redis_timeout 1s;
@@ -355,6 +355,29 @@ GET /t
 GET /t
 --- error_code: 429
 --- error_log eval
-[qr/limiting requests of "rl:tb:http_x_user_id:k:\Q$::Run\E-esc\\u001B\[31mred"/]
+[qr/limiting requests by policy "default" \(1 per 60s\)/]
 --- no_error_log eval
 ["\e[31m"]
+
+
+
+=== TEST 14: ... and at debug the key is logged with those bytes escaped
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        ratelimit_default 1 60s;
+        empty_gif;
+    }
+--- log_level: debug
+--- more_headers eval
+"X-User-Id: $::Run-esc\e[31mred"
+--- request
+GET /t
+--- error_code: 429
+--- error_log eval
+[qr/ratelimit: key "rl:tb:http_x_user_id:k:\Q$::Run\E-esc\\u001B\[31mred" is over its limit/]
