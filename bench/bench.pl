@@ -293,7 +293,7 @@ sub cmd_memory {
         my ($mem1, $keys1) = redis_memory(@shards);
         my $made = $keys1 - $keys0;
 
-        my $key = "rl:$algo:k:m${algo}1";
+        my $key = "rl:$algo:http_x_user_id:k:m${algo}1";
         my ($pttl, $usage) = ('-', '-');
         for my $r (@shards) {
             my $t = redis_command($r, 'PTTL', $key);
@@ -325,7 +325,7 @@ sub cmd_memory {
     my %probe;
     for my $algo (qw(tb sw)) {
         http_requests($o{nginx}, "/exp-$algo/", "exp$algo", 1);
-        $probe{$algo} = { key => "rl:$algo:k:exp${algo}1", start => time };
+        $probe{$algo} = { key => "rl:$algo:http_x_user_id:k:exp${algo}1", start => time };
         for my $r (@shards) {
             my $t = redis_command($r, 'PTTL', $probe{$algo}{key});
             $probe{$algo}{pttl} = $t unless $t == -2;
