@@ -11,7 +11,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use lib 't/lib';
-use RLTest qw(unique_key ratelimit_http status_counts);
+use RLTest qw(unique_key ratelimit_http status_counts route_callers);
 use RLTest::Nginx;
 use RLTest::Redis;
 
@@ -45,15 +45,7 @@ sub fresh_status {
 # @shards) their counts landed on
 sub route {
     my ($nginx, $name, $n) = @_;
-    my (@status, @where);
-    for (1 .. $n) {
-        my $user = unique_key($name);
-        push @status, $nginx->get('/api/x', 'X-User-Id' => $user)->{status};
-        push @where, grep {
-            $shards[$_]->cli('--scan', '--pattern', "*$user*") ne ''
-        } 0 .. $#shards;
-    }
-    return (status_counts(@status), \@where);
+    return route_callers($nginx, \@shards, $name, $n);
 }
 
 sub crash_lines {

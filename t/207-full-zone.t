@@ -13,7 +13,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use lib 't/lib';
-use RLTest qw(unique_key ratelimit_http status_counts);
+use RLTest qw(unique_key ratelimit_http status_counts route_callers);
 use RLTest::Nginx;
 use RLTest::Redis;
 
@@ -68,15 +68,7 @@ sub fill {
 # $n new callers: statuses, and the shards (indexes) their counts are on
 sub route {
     my ($name, $n) = @_;
-    my (@status, @where);
-    for (1 .. $n) {
-        my $user = unique_key($name);
-        push @status, $nginx->get('/api/x', 'X-User-Id' => $user)->{status};
-        push @where, grep {
-            $shards[$_]->cli('--scan', '--pattern', "*$user*") ne ''
-        } 0 .. $#shards;
-    }
-    return (status_counts(@status), \@where);
+    return route_callers($nginx, \@shards, $name, $n);
 }
 
 # '' when the 8 counts of route() are each on one shard of @set; else what

@@ -12,7 +12,7 @@ use Time::HiRes qw(time);
 use RLTest::Redis;
 
 our @EXPORT_OK = qw(test_shards unique_key ratelimit_http redis_has_key
-                    status_counts);
+                    status_counts route_callers);
 
 # Two shards: the ones make test started, else two of our own.
 sub test_shards {
@@ -49,6 +49,22 @@ sub redis_has_key {
     my $out = `redis-cli -h 127.0.0.1 -p $port EXISTS '$key' 2>&1`;
     chomp $out;
     return $out eq '1' ? 1 : 0;
+}
+
+# Sends $n requests to /api/x, each from a new caller named after $name;
+# returns (status counts, [the index in @$shards of each shard holding a
+# caller's count]), the shards being RLTest::Redis servers.
+sub route_callers {
+    my ($nginx, $shards, $name, $n) = @_;
+    my (@status, @where);
+    for (1 .. $n) {
+        my $user = unique_key($name);
+        push @status, $nginx->get('/api/x', 'X-User-Id' => $user)->{status};
+        push @where, grep {
+            $shards->[$_]->cli('--scan', '--pattern', "*$user*") ne ''
+        } 0 .. $#$shards;
+    }
+    return (status_counts(@status), \@where);
 }
 
 sub status_counts {
