@@ -740,7 +740,8 @@ ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check)
     check->health = &ctx->zone->ring->health[shard];
     check->conn = ngx_http_ratelimit_redis_conn(shard);
 
-    ngx_http_ratelimit_rules_hget(argv, argvlen, &check->customer);
+    (void) ngx_http_ratelimit_rules_lookup(argv, argvlen, &check->customer,
+                                           NULL, NULL);
 
     check->slot = ngx_http_ratelimit_redis_send(check->conn, 3, argv, argvlen,
                                                 ngx_http_ratelimit_rule_reply,

@@ -260,10 +260,38 @@ ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&rmcf->policies, cf->pool, 4,
+                       sizeof(ngx_http_ratelimit_policy_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     rmcf->timeout = NGX_CONF_UNSET_MSEC;
     rmcf->hash = NGX_CONF_UNSET_UINT;
 
     return rmcf;
+}
+
+
+ngx_http_ratelimit_policy_t *
+ngx_http_ratelimit_policy_find(ngx_http_ratelimit_main_conf_t *rmcf,
+    ngx_str_t *name)
+{
+    ngx_uint_t                    i;
+    ngx_http_ratelimit_policy_t  *policy;
+
+    policy = rmcf->policies.elts;
+
+    for (i = 0; i < rmcf->policies.nelts; i++) {
+        if (policy[i].name.len == name->len
+            && ngx_strncmp(policy[i].name.data, name->data, name->len) == 0)
+        {
+            return &policy[i];
+        }
+    }
+
+    return NULL;
 }
 
 

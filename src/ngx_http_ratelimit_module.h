@@ -61,6 +61,24 @@ typedef struct ngx_http_ratelimit_slot_s  ngx_http_ratelimit_slot_t;
     (6 + NGX_HTTP_RATELIMIT_MAX_KEY_NAME + 1 + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
 
 
+/*
+ * A limit requests are checked against: a "ratelimit_policy" of the http
+ * block, or a location's unnamed one (the "ratelimit $key" form, with
+ * "ratelimit_default", "ratelimit_algorithm" and "ratelimit_customer"),
+ * which headers, logs and variables call "default".
+ */
+typedef struct {
+    ngx_str_t                       name;
+    ngx_array_t                    *keys;       /* complex values */
+    ngx_array_t                    *key_names;  /* ngx_str_t, one per key */
+    ngx_http_complex_value_t       *customer;   /* whose rule, NULL: key */
+    ngx_uint_t                      limit;      /* the default */
+    ngx_uint_t                      window;     /* seconds */
+    ngx_uint_t                      algorithm;  /* RL_RULE_ALGORITHM_* */
+    unsigned                        named:1;
+} ngx_http_ratelimit_policy_t;
+
+
 /* one "ratelimit_redis" line */
 typedef struct {
     ngx_str_t                       name;       /* "host:port", ring name */
@@ -78,7 +96,13 @@ typedef struct {
     ngx_flag_t                      used;       /* some location limits */
     ngx_flag_t                      needs_zone; /* stats or admin */
     ngx_flag_t                      needs_shards; /* admin */
+    ngx_array_t                     policies;   /* policy_t, named */
 } ngx_http_ratelimit_main_conf_t;
+
+
+/* a named policy of the http block, or NULL */
+ngx_http_ratelimit_policy_t *ngx_http_ratelimit_policy_find(
+    ngx_http_ratelimit_main_conf_t *rmcf, ngx_str_t *name);
 
 
 typedef struct {

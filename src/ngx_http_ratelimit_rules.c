@@ -161,16 +161,45 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len, rl_limit_t *limit,
 }
 
 
-void
-ngx_http_ratelimit_rules_hget(const char **argv, size_t *argvlen,
-    ngx_str_t *customer)
+size_t
+ngx_http_ratelimit_rules_field(u_char *field, ngx_str_t *customer,
+    ngx_str_t *policy)
 {
-    argv[0] = "HGET";
-    argvlen[0] = 4;
+    u_char  *p;
+
+    p = ngx_cpymem(field, customer->data, customer->len);
+
+    if (policy && policy->len) {
+        *p++ = NGX_HTTP_RATELIMIT_RULE_SEPARATOR;
+        p = ngx_cpymem(p, policy->data, policy->len);
+    }
+
+    return p - field;
+}
+
+
+ngx_uint_t
+ngx_http_ratelimit_rules_lookup(const char **argv, size_t *argvlen,
+    ngx_str_t *customer, ngx_str_t *policy, u_char *field)
+{
     argv[1] = NGX_HTTP_RATELIMIT_RULES_KEY;
     argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_KEY) - 1;
     argv[2] = (const char *) customer->data;
     argvlen[2] = customer->len;
+
+    if (policy == NULL || policy->len == 0) {
+        argv[0] = "HGET";
+        argvlen[0] = 4;
+
+        return 3;
+    }
+
+    argv[0] = "HMGET";
+    argvlen[0] = 5;
+    argv[3] = (const char *) field;
+    argvlen[3] = ngx_http_ratelimit_rules_field(field, customer, policy);
+
+    return 4;
 }
 
 

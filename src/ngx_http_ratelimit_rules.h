@@ -25,9 +25,27 @@
     sizeof(NGX_HTTP_RATELIMIT_LUA_RULES_LIB name) - 1
 
 
-/* HGET rl:rules <customer>: the stored rule of one customer */
-void ngx_http_ratelimit_rules_hget(const char **argv, size_t *argvlen,
-    ngx_str_t *customer);
+/*
+ * The hash field of a rule: "<customer>" for a rule of every policy of the
+ * customer, "<customer>\x1f<policy>" for one policy's (a customer id has no
+ * control characters, so no id reads as another's policy rule).
+ */
+#define NGX_HTTP_RATELIMIT_RULE_SEPARATOR   '\x1f'
+#define NGX_HTTP_RATELIMIT_MAX_RULE_FIELD                                     \
+    (RL_RULE_MAX_CUSTOMER_ID + 1 + RL_RULE_MAX_POLICY)
+
+/* writes the field into field[NGX_HTTP_RATELIMIT_MAX_RULE_FIELD] */
+size_t ngx_http_ratelimit_rules_field(u_char *field, ngx_str_t *customer,
+    ngx_str_t *policy);
+
+/*
+ * The command that reads the rules in force for a customer under a policy:
+ * HGET rl:rules <customer> without a policy, HMGET rl:rules <customer>
+ * <customer>\x1f<policy> with one (field[] holds the latter).  argv and
+ * argvlen have room for 4; the number of arguments is returned.
+ */
+ngx_uint_t ngx_http_ratelimit_rules_lookup(const char **argv, size_t *argvlen,
+    ngx_str_t *customer, ngx_str_t *policy, u_char *field);
 
 ngx_int_t ngx_http_ratelimit_rules_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_main_conf_t *rmcf);

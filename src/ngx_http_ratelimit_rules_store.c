@@ -595,7 +595,8 @@ ngx_http_ratelimit_rules_store_ask(ngx_http_ratelimit_rules_op_t *op)
     size_t                             argvlen[3];
     ngx_http_ratelimit_rules_shard_t  *shard;
 
-    ngx_http_ratelimit_rules_hget(argv, argvlen, &op->customer);
+    (void) ngx_http_ratelimit_rules_lookup(argv, argvlen, &op->customer, NULL,
+                                           NULL);
 
     shard = &op->shards[0];
 

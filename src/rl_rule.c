@@ -154,6 +154,45 @@ rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
 
 
 int
+rl_rule_check_policy_name(const unsigned char *name, size_t len,
+    rl_rule_error_t *err)
+{
+    size_t         i;
+    unsigned char  c;
+
+    if (len == 0 || len > RL_RULE_MAX_POLICY) {
+        return rl_rule_fail(err, "policy",
+                            "policy must be a name of 1 to %d characters,"
+                            " not %lu", RL_RULE_MAX_POLICY,
+                            (unsigned long) len);
+    }
+
+    for (i = 0; i < len; i++) {
+        c = name[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'))
+        {
+            return rl_rule_fail(err, "policy",
+                                "policy must be letters, digits, \"_\", \"-\""
+                                " and \".\" (byte 0x%02x at offset %lu)",
+                                c, (unsigned long) i);
+        }
+    }
+
+    /* every location's unnamed policy: a rule for it would be ambiguous */
+
+    if (len == 7 && memcmp(name, "default", 7) == 0) {
+        return rl_rule_fail(err, "policy",
+                            "policy \"default\" is reserved for the unnamed"
+                            " policy of each location");
+    }
+
+    return 0;
+}
+
+
+int
 rl_rule_check_customer_id(const unsigned char *id, size_t len,
     rl_rule_error_t *err)
 {

@@ -14,6 +14,7 @@
 
 
 #define RL_RULE_MAX_CUSTOMER_ID   256
+#define RL_RULE_MAX_POLICY        64       /* a policy's name */
 #define RL_RULE_MAX_LIMIT         1000000000
 #define RL_RULE_MIN_WINDOW        1
 #define RL_RULE_MAX_WINDOW        86400
@@ -78,6 +79,14 @@ int rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
  * with err (field "customer_id").
  */
 int rl_rule_check_customer_id(const unsigned char *id, size_t len,
+    rl_rule_error_t *err);
+
+/*
+ * A policy name: 1..64 of letters, digits, "_", "-" and ".", not "default"
+ * (the name of every location's unnamed policy): 0, else -1 with err (field
+ * "policy").
+ */
+int rl_rule_check_policy_name(const unsigned char *name, size_t len,
     rl_rule_error_t *err);
 
 /*
