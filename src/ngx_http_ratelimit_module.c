@@ -26,6 +26,17 @@ static char *ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_ratelimit_key_name(ngx_conf_t *cf,
     ngx_str_t *value, ngx_str_t *name);
+static char *ngx_http_ratelimit_policy(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_ratelimit_compile_keys(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_uint_t n, ngx_array_t **keys,
+    ngx_array_t **key_names);
+static ngx_int_t ngx_http_ratelimit_parse_limit(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_uint_t *limit);
+static ngx_int_t ngx_http_ratelimit_parse_window(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_uint_t *window);
+static ngx_int_t ngx_http_ratelimit_resolve(ngx_conf_t *cf,
+    ngx_http_ratelimit_loc_conf_t *conf);
 static char *ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -116,6 +127,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_main_conf_t, hash),
       &ngx_http_ratelimit_redis_hashes },
+
+    { ngx_string("ratelimit_policy"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_ratelimit_policy,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("ratelimit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
@@ -323,6 +341,7 @@ ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    conf->uses = NGX_CONF_UNSET_PTR;
     conf->keys = NGX_CONF_UNSET_PTR;
     conf->customer = NGX_CONF_UNSET_PTR;
     conf->limit = NGX_CONF_UNSET_UINT;
@@ -345,11 +364,22 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_ratelimit_loc_conf_t *prev = parent;
     ngx_http_ratelimit_loc_conf_t *conf = child;
 
-    if (conf->keys == NGX_CONF_UNSET_PTR) {
+    /* the "ratelimit" lines are inherited as a whole, as limit_req's */
+
+    if (conf->uses == NGX_CONF_UNSET_PTR) {
+        conf->uses = prev->uses;
+        conf->keys = prev->keys;
         conf->key_names = prev->key_names;
     }
 
-    ngx_conf_merge_ptr_value(conf->keys, prev->keys, NULL);
+    if (conf->uses == NGX_CONF_UNSET_PTR) {
+        conf->uses = NULL;
+    }
+
+    if (conf->keys == NGX_CONF_UNSET_PTR) {
+        conf->keys = NULL;
+        conf->key_names = NULL;
+    }
     ngx_conf_merge_ptr_value(conf->customer, prev->customer, NULL);
 
     if (conf->limit == NGX_CONF_UNSET_UINT) {
@@ -372,6 +402,10 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->admin, prev->admin, 0);
     ngx_conf_merge_str_value(conf->admin_token, prev->admin_token, "");
 
+    if (conf->uses && ngx_http_ratelimit_resolve(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->admin && conf->admin_token.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"ratelimit_admin\" requires "
@@ -380,6 +414,61 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * Each "ratelimit" line finds its policy: a named one of the http block,
+ * or this location's unnamed one, made of its merged "ratelimit_default",
+ * "ratelimit_algorithm" and "ratelimit_customer".
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_resolve(ngx_conf_t *cf, ngx_http_ratelimit_loc_conf_t *conf)
+{
+    ngx_uint_t                       i, j;
+    ngx_http_ratelimit_use_t        *use;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+
+    conf->unnamed.name.data = (u_char *) "default";
+    conf->unnamed.name.len = sizeof("default") - 1;
+    conf->unnamed.keys = conf->keys;
+    conf->unnamed.key_names = conf->key_names;
+    conf->unnamed.customer = conf->customer;
+    conf->unnamed.limit = conf->limit;
+    conf->unnamed.window = conf->window;
+    conf->unnamed.algorithm = conf->algorithm;
+
+    use = conf->uses->elts;
+
+    for (i = 0; i < conf->uses->nelts; i++) {
+
+        if (use[i].name.len == 0 || use[i].policy) {
+            continue;
+        }
+
+        use[i].policy = ngx_http_ratelimit_policy_find(rmcf, &use[i].name);
+
+        if (use[i].policy == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "unknown ratelimit policy \"%V\" in %s:%ui",
+                          &use[i].name, use[i].file, use[i].line);
+            return NGX_ERROR;
+        }
+
+        for (j = 0; j < i; j++) {
+            if (use[j].policy == use[i].policy) {
+                ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                              "duplicate ratelimit policy \"%V\" in %s:%ui",
+                              &use[i].name, use[i].file, use[i].line);
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -577,53 +666,362 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* ratelimit $key [$fallback ...] | off */
+/*
+ * ratelimit $key [$fallback ...] | NAME [cost=N|cost=$var] [dry_run] | off
+ *
+ * Repeatable: each line is a limit the location's requests are checked
+ * against.  An argument starting with "$" is a key (the location's unnamed
+ * policy), a bare word a "ratelimit_policy" name, found once the whole http
+ * block is read, so policies may be declared after their use.
+ */
 
 static char *
 ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_ratelimit_loc_conf_t *rlcf = conf;
 
-    ngx_str_t                         *value, *name;
+    ngx_str_t                         *value;
     ngx_uint_t                         i;
-    ngx_http_complex_value_t          *cv;
+    ngx_http_ratelimit_use_t          *use;
     ngx_http_ratelimit_main_conf_t    *rmcf;
     ngx_http_compile_complex_value_t   ccv;
-
-    if (rlcf->keys != NGX_CONF_UNSET_PTR) {
-        return "is duplicate";
-    }
 
     value = cf->args->elts;
 
     if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
-        rlcf->keys = NULL;
+        if (rlcf->uses != NGX_CONF_UNSET_PTR) {
+            return "is duplicate";
+        }
+
+        rlcf->uses = NULL;
         return NGX_CONF_OK;
     }
 
-    rlcf->keys = ngx_array_create(cf->pool, cf->args->nelts - 1,
-                                  sizeof(ngx_http_complex_value_t));
-    if (rlcf->keys == NULL) {
+    if (rlcf->uses == NULL) {
+        return "is duplicate";
+    }
+
+    if (rlcf->uses == NGX_CONF_UNSET_PTR) {
+        rlcf->uses = ngx_array_create(cf->pool, 2,
+                                      sizeof(ngx_http_ratelimit_use_t));
+        if (rlcf->uses == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (rlcf->uses->nelts == NGX_HTTP_RATELIMIT_MAX_POLICIES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many \"ratelimit\" policies in one place, "
+                           "at most %d", NGX_HTTP_RATELIMIT_MAX_POLICIES);
         return NGX_CONF_ERROR;
     }
 
-    rlcf->key_names = ngx_array_create(cf->pool, cf->args->nelts - 1,
-                                       sizeof(ngx_str_t));
-    if (rlcf->key_names == NULL) {
+    use = ngx_array_push(rlcf->uses);
+    if (use == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    for (i = 1; i < cf->args->nelts; i++) {
+    ngx_memzero(use, sizeof(ngx_http_ratelimit_use_t));
 
-        if (value[i].len == 0) {
+    use->cost_value = 1;
+    use->file = cf->conf_file->file.name.data;
+    use->line = cf->conf_file->line;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+    rmcf->used = 1;
+
+    if (value[1].data[0] == '$') {
+
+        /* the unnamed policy: "ratelimit_default" and others complete it */
+
+        if (rlcf->keys != NGX_CONF_UNSET_PTR) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "empty key in \"ratelimit\"");
+                               "duplicate \"ratelimit\" keys: a location "
+                               "has one unnamed policy, name the others "
+                               "with \"ratelimit_policy\"");
             return NGX_CONF_ERROR;
         }
 
-        cv = ngx_array_push(rlcf->keys);
-        if (cv == NULL) {
+        if (ngx_http_ratelimit_compile_keys(cf, &value[1], cf->args->nelts - 1,
+                                            &rlcf->keys, &rlcf->key_names)
+            != NGX_OK)
+        {
             return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    {
+        rl_rule_error_t  err;
+
+        if (rl_rule_check_policy_name(value[1].data, value[1].len, &err) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid policy name \"%V\" in \"ratelimit\": "
+                               "%s; keys start with \"$\"",
+                               &value[1], err.message);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    use->name = value[1];
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strcmp(value[i].data, "dry_run") == 0) {
+            use->dry_run = 1;
+            continue;
+        }
+
+        if (value[i].len > 5 && ngx_strncmp(value[i].data, "cost=", 5) == 0) {
+
+            if (value[i].data[5] != '$') {
+                use->cost_value = ngx_atoi(value[i].data + 5, value[i].len - 5);
+
+                if (use->cost_value == (ngx_uint_t) NGX_ERROR
+                    || use->cost_value > RL_RULE_MAX_LIMIT)
+                {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "invalid cost \"%V\", must be 0 to %d "
+                                       "or a variable", &value[i],
+                                       RL_RULE_MAX_LIMIT);
+                    return NGX_CONF_ERROR;
+                }
+
+                continue;
+            }
+
+            use->cost = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+            if (use->cost == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+            ccv.cf = cf;
+            ccv.value = &value[i];
+            ccv.value->data += 5;
+            ccv.value->len -= 5;
+            ccv.complex_value = use->cost;
+
+            if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" of policy \"%V\", "
+                           "expected \"cost=\" or \"dry_run\"",
+                           &value[i], &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * ratelimit_policy NAME KEY [FALLBACK ...] limit=N window=TIME
+ *     [algorithm=token_bucket|sliding_window] [customer=VALUE]
+ */
+
+static char *
+ngx_http_ratelimit_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_main_conf_t *rmcf = conf;
+
+    ngx_str_t                         *value, s;
+    ngx_uint_t                         i, first, nkeys;
+    ngx_conf_enum_t                   *e;
+    rl_rule_error_t                    err;
+    ngx_http_ratelimit_policy_t       *policy;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    if (rl_rule_check_policy_name(value[1].data, value[1].len, &err) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid policy name \"%V\": %s",
+                           &value[1], err.message);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_ratelimit_policy_find(rmcf, &value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate policy \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    policy = ngx_array_push(&rmcf->policies);
+    if (policy == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(policy, sizeof(ngx_http_ratelimit_policy_t));
+
+    policy->name = value[1];
+    policy->named = 1;
+    policy->algorithm = RL_RULE_ALGORITHM_TOKEN_BUCKET;
+
+    /* the keys come first, up to the first parameter */
+
+    first = 2;
+
+    for (nkeys = 0; first + nkeys < cf->args->nelts; nkeys++) {
+        s = value[first + nkeys];
+
+        if ((s.len >= 6 && ngx_strncmp(s.data, "limit=", 6) == 0)
+            || (s.len >= 7 && ngx_strncmp(s.data, "window=", 7) == 0)
+            || (s.len >= 10 && ngx_strncmp(s.data, "algorithm=", 10) == 0)
+            || (s.len >= 9 && ngx_strncmp(s.data, "customer=", 9) == 0))
+        {
+            break;
+        }
+    }
+
+    if (nkeys == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "policy \"%V\" has no key", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_ratelimit_compile_keys(cf, &value[first], nkeys,
+                                        &policy->keys, &policy->key_names)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = first + nkeys; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "limit=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            if (ngx_http_ratelimit_parse_limit(cf, &s, &policy->limit)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "window=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            if (ngx_http_ratelimit_parse_window(cf, &s, &policy->window)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "algorithm=", 10) == 0) {
+            s.data = value[i].data + 10;
+            s.len = value[i].len - 10;
+
+            for (e = ngx_http_ratelimit_algorithms; e->name.len; e++) {
+                if (e->name.len == s.len
+                    && ngx_strncmp(e->name.data, s.data, s.len) == 0)
+                {
+                    policy->algorithm = e->value;
+                    break;
+                }
+            }
+
+            if (e->name.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid algorithm \"%V\" of policy "
+                                   "\"%V\", must be \"token_bucket\" or "
+                                   "\"sliding_window\"", &s, &value[1]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "customer=", 9) == 0
+            && value[i].len > 9)
+        {
+            policy->customer = ngx_palloc(cf->pool,
+                                          sizeof(ngx_http_complex_value_t));
+            if (policy->customer == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+            ccv.cf = cf;
+            ccv.value = &s;
+            ccv.complex_value = policy->customer;
+
+            if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" of policy \"%V\", "
+                           "keys come first", &value[i], &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (policy->limit == 0 || policy->window == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "policy \"%V\" needs \"limit=\" and \"window=\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* the keys of a policy, with the names they take in Redis */
+
+static ngx_int_t
+ngx_http_ratelimit_compile_keys(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_uint_t n, ngx_array_t **keys, ngx_array_t **key_names)
+{
+    ngx_str_t                         *name;
+    ngx_uint_t                         i;
+    ngx_http_complex_value_t          *cv;
+    ngx_http_compile_complex_value_t   ccv;
+
+    *keys = ngx_array_create(cf->pool, n, sizeof(ngx_http_complex_value_t));
+    if (*keys == NULL) {
+        return NGX_ERROR;
+    }
+
+    *key_names = ngx_array_create(cf->pool, n, sizeof(ngx_str_t));
+    if (*key_names == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+
+        if (value[i].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty key in \"%V\"",
+                               (ngx_str_t *) cf->args->elts);
+            return NGX_ERROR;
+        }
+
+        cv = ngx_array_push(*keys);
+        if (cv == NULL) {
+            return NGX_ERROR;
         }
 
         ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
@@ -633,23 +1031,20 @@ ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ccv.complex_value = cv;
 
         if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
-        name = ngx_array_push(rlcf->key_names);
+        name = ngx_array_push(*key_names);
         if (name == NULL) {
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         if (ngx_http_ratelimit_key_name(cf, &value[i], name) != NGX_OK) {
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
     }
 
-    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
-    rmcf->used = 1;
-
-    return NGX_CONF_OK;
+    return NGX_OK;
 }
 
 
@@ -702,7 +1097,6 @@ ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_ratelimit_loc_conf_t *rlcf = conf;
 
-    ngx_int_t   limit, window;
     ngx_str_t  *value;
 
     if (rlcf->limit != NGX_CONF_UNSET_UINT) {
@@ -711,40 +1105,67 @@ ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    limit = ngx_atoi(value[1].data, value[1].len);
-
-    if (limit == NGX_ERROR || limit < 1 || limit > RL_RULE_MAX_LIMIT) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid limit \"%V\", must be 1 to %d",
-                           &value[1], RL_RULE_MAX_LIMIT);
-        return NGX_CONF_ERROR;
-    }
-
-    /* the bounds of the admin endpoint's rules, in ms */
-
-    window = ngx_parse_time(&value[2], 0);
-
-    if (window == NGX_ERROR
-        || window < RL_RULE_MIN_WINDOW * 1000
-        || window > RL_RULE_MAX_WINDOW * 1000)
+    if (ngx_http_ratelimit_parse_limit(cf, &value[1], &rlcf->limit) != NGX_OK
+        || ngx_http_ratelimit_parse_window(cf, &value[2], &rlcf->window)
+           != NGX_OK)
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid window \"%V\", must be 1s to 1d",
-                           &value[2]);
         return NGX_CONF_ERROR;
     }
-
-    if (window % 1000) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid window \"%V\", must be whole seconds",
-                           &value[2]);
-        return NGX_CONF_ERROR;
-    }
-
-    rlcf->limit = limit;
-    rlcf->window = window / 1000;
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_parse_limit(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_uint_t *limit)
+{
+    ngx_int_t  n;
+
+    n = ngx_atoi(value->data, value->len);
+
+    if (n == NGX_ERROR || n < 1 || n > RL_RULE_MAX_LIMIT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid limit \"%V\", must be 1 to %d",
+                           value, RL_RULE_MAX_LIMIT);
+        return NGX_ERROR;
+    }
+
+    *limit = n;
+
+    return NGX_OK;
+}
+
+
+/* whole seconds, within the bounds of the admin endpoint's rules */
+
+static ngx_int_t
+ngx_http_ratelimit_parse_window(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_uint_t *window)
+{
+    ngx_int_t  ms;
+
+    ms = ngx_parse_time(value, 0);
+
+    if (ms == NGX_ERROR
+        || ms < RL_RULE_MIN_WINDOW * 1000
+        || ms > RL_RULE_MAX_WINDOW * 1000)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid window \"%V\", must be 1s to 1d", value);
+        return NGX_ERROR;
+    }
+
+    if (ms % 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid window \"%V\", must be whole seconds",
+                           value);
+        return NGX_ERROR;
+    }
+
+    *window = ms / 1000;
+
+    return NGX_OK;
 }
 
 

@@ -79,6 +79,24 @@ typedef struct {
 } ngx_http_ratelimit_policy_t;
 
 
+/*
+ * One "ratelimit" line of a location: a named policy, or the location's
+ * unnamed one (policy NULL until the merge finds it, name empty).
+ */
+typedef struct {
+    ngx_str_t                       name;
+    ngx_http_ratelimit_policy_t    *policy;     /* named: resolved at merge */
+    ngx_http_complex_value_t       *cost;       /* NULL: cost_value */
+    ngx_uint_t                      cost_value;
+    ngx_flag_t                      dry_run;
+    u_char                         *file;       /* where, for errors */
+    ngx_uint_t                      line;
+} ngx_http_ratelimit_use_t;
+
+/* "ratelimit" lines a location may have */
+#define NGX_HTTP_RATELIMIT_MAX_POLICIES     16
+
+
 /* one "ratelimit_redis" line */
 typedef struct {
     ngx_str_t                       name;       /* "host:port", ring name */
@@ -106,12 +124,17 @@ ngx_http_ratelimit_policy_t *ngx_http_ratelimit_policy_find(
 
 
 typedef struct {
-    ngx_array_t                    *keys;       /* complex values, NULL: off */
+    ngx_array_t                    *uses;       /* use_t, NULL: off */
+
+    /* the unnamed policy: "ratelimit $key", "ratelimit_default", ... */
+    ngx_array_t                    *keys;       /* complex values */
     ngx_array_t                    *key_names;  /* ngx_str_t, one per key */
     ngx_http_complex_value_t       *customer;   /* whose rule, NULL: key */
     ngx_uint_t                      limit;      /* the default */
     ngx_uint_t                      window;     /* seconds */
     ngx_uint_t                      algorithm;  /* RL_RULE_ALGORITHM_* */
+    ngx_http_ratelimit_policy_t     unnamed;    /* the above, merged */
+
     ngx_uint_t                      fail;
     ngx_uint_t                      status;
     ngx_uint_t                      headers;

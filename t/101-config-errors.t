@@ -524,7 +524,7 @@ qr/\[emerg\] .*"ratelimit" is used but no "ratelimit_zone" is configured/
     }
 --- must_die
 --- error_log eval
-qr/\[emerg\] .*"ratelimit" directive is duplicate in \S+nginx\.conf:\d+/
+qr/\[emerg\] .*duplicate "ratelimit" keys: a location has one unnamed policy, name the others with "ratelimit_policy" in \S+nginx\.conf:\d+/
 
 
 
