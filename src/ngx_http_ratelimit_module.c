@@ -198,6 +198,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       offsetof(ngx_http_ratelimit_loc_conf_t, headers),
       &ngx_http_ratelimit_header_sets },
 
+    { ngx_string("ratelimit_problem_details"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_loc_conf_t, problem_details),
+      NULL },
+
     { ngx_string("ratelimit_admin"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_ratelimit_admin,
@@ -350,6 +357,7 @@ ngx_http_ratelimit_create_loc_conf(ngx_conf_t *cf)
     conf->fail = NGX_CONF_UNSET_UINT;
     conf->status = NGX_CONF_UNSET_UINT;
     conf->headers = NGX_CONF_UNSET_UINT;
+    conf->problem_details = NGX_CONF_UNSET;
     conf->dry_run = NGX_CONF_UNSET;
     conf->log_level = NGX_CONF_UNSET_UINT;
     conf->admin = NGX_CONF_UNSET;
@@ -397,6 +405,7 @@ ngx_http_ratelimit_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_TOO_MANY_REQUESTS);
     ngx_conf_merge_uint_value(conf->headers, prev->headers,
                               NGX_HTTP_RATELIMIT_HEADERS_DRAFT);
+    ngx_conf_merge_value(conf->problem_details, prev->problem_details, 0);
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_value(conf->admin, prev->admin, 0);
@@ -834,7 +843,9 @@ ngx_http_ratelimit_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_ratelimit_main_conf_t *rmcf = conf;
 
     ngx_str_t                         *value, s;
-    ngx_uint_t                         i, first, nkeys;
+    u_char                            *eq;
+    size_t                             n;
+    ngx_uint_t                         i, j, first, nkeys;
     ngx_conf_enum_t                   *e;
     rl_rule_error_t                    err;
     ngx_http_ratelimit_policy_t       *policy;
@@ -888,6 +899,24 @@ ngx_http_ratelimit_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /*
+     * A constant key is one count for everybody (a global limit), but one
+     * that reads "name=value" is a mistyped parameter, not a key.
+     */
+
+    for (i = first; i < first + nkeys; i++) {
+        if (ngx_strlchr(value[i].data, value[i].data + value[i].len, '$')
+            == NULL
+            && ngx_strlchr(value[i].data, value[i].data + value[i].len, '=')
+               != NULL)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown parameter \"%V\" of policy \"%V\"",
+                               &value[i], &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (ngx_http_ratelimit_compile_keys(cf, &value[first], nkeys,
                                         &policy->keys, &policy->key_names)
         != NGX_OK)
@@ -896,6 +925,30 @@ ngx_http_ratelimit_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     for (i = first + nkeys; i < cf->args->nelts; i++) {
+
+        /* "limit=" and the others: each at most once */
+
+        eq = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
+
+        if (eq == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\" of policy \"%V\", "
+                               "keys come first", &value[i], &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        n = eq - value[i].data;
+
+        for (j = first + nkeys; j < i; j++) {
+            if (value[j].len > n && value[j].data[n] == '='
+                && ngx_strncmp(value[j].data, value[i].data, n) == 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate parameter \"%V\" of policy "
+                                   "\"%V\"", &value[i], &value[1]);
+                return NGX_CONF_ERROR;
+            }
+        }
 
         if (ngx_strncmp(value[i].data, "limit=", 6) == 0) {
             s.data = value[i].data + 6;

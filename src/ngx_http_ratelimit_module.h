@@ -54,11 +54,12 @@ typedef struct ngx_http_ratelimit_slot_s  ngx_http_ratelimit_slot_t;
 #define NGX_HTTP_RATELIMIT_MAX_KEY_NAME     32
 
 /*
- * "rl:tb:" + name + ":k:" + a key of up to 126 bytes, or
- * "rl:tb:" + name + ":h:" + 40 hex digits
+ * "rl:tb:" ["@" + policy + ":"] + name + ":k:" + a key of up to 126 bytes,
+ * or the same with ":h:" + 40 hex digits
  */
 #define NGX_HTTP_RATELIMIT_MAX_REDIS_KEY                                      \
-    (6 + NGX_HTTP_RATELIMIT_MAX_KEY_NAME + 1 + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
+    (6 + 1 + RL_RULE_MAX_POLICY + 1 + NGX_HTTP_RATELIMIT_MAX_KEY_NAME + 1     \
+     + NGX_HTTP_RATELIMIT_MAX_RAW_KEY)
 
 
 /*
@@ -138,6 +139,7 @@ typedef struct {
     ngx_uint_t                      fail;
     ngx_uint_t                      status;
     ngx_uint_t                      headers;
+    ngx_flag_t                      problem_details;
     ngx_flag_t                      dry_run;
     ngx_uint_t                      log_level;  /* of denials */
     ngx_flag_t                      admin;
