@@ -62,7 +62,7 @@ static ngx_table_elt_t *ngx_http_ratelimit_admin_header(ngx_http_request_t *r,
     char *name, char *value);
 static ngx_uint_t ngx_http_ratelimit_admin_json_type(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_admin_customer(ngx_http_request_t *r,
-    ngx_str_t *id);
+    ngx_str_t *id, rl_rule_error_t *err);
 static void ngx_http_ratelimit_admin_put_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_admin_read_body(ngx_http_request_t *r,
     u_char *buf, size_t *len);
@@ -354,10 +354,17 @@ static ngx_int_t
 ngx_http_ratelimit_admin_get(ngx_http_request_t *r, ngx_str_t *id)
 {
     ngx_int_t                        rc;
+    rl_rule_error_t                  err;
     ngx_http_ratelimit_admin_ctx_t  *ctx;
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
-    rc = ngx_http_ratelimit_admin_customer(r, id);
+    rc = ngx_http_ratelimit_admin_customer(r, id, &err);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -382,9 +389,16 @@ ngx_http_ratelimit_admin_get(ngx_http_request_t *r, ngx_str_t *id)
 static ngx_int_t
 ngx_http_ratelimit_admin_delete(ngx_http_request_t *r, ngx_str_t *id)
 {
-    ngx_int_t  rc;
+    ngx_int_t        rc;
+    rl_rule_error_t  err;
 
-    rc = ngx_http_ratelimit_admin_customer(r, id);
+    rc = ngx_http_ratelimit_admin_customer(r, id, &err);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -451,13 +465,18 @@ ngx_http_ratelimit_admin_json_type(ngx_http_request_t *r)
 }
 
 
-/* the customer id of GET and DELETE, kept in the request's ctx */
+/*
+ * The customer id of GET and DELETE, kept in the request's ctx: NGX_OK;
+ * NGX_DECLINED and *err, for the caller to answer 400 with (an answer sent
+ * here would let the caller go on as if the id were good); or the status
+ * discarding the body failed with.
+ */
 
 static ngx_int_t
-ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id)
+ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id,
+    rl_rule_error_t *err)
 {
     ngx_int_t                        rc;
-    rl_rule_error_t                  err;
     ngx_http_ratelimit_admin_ctx_t  *ctx;
 
     rc = ngx_http_discard_request_body(r);
@@ -465,9 +484,8 @@ ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id)
         return rc;
     }
 
-    if (rl_rule_check_customer_id(id->data, id->len, &err) != 0) {
-        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
-                                              err.field, err.message);
+    if (rl_rule_check_customer_id(id->data, id->len, err) != 0) {
+        return NGX_DECLINED;
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
