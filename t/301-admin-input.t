@@ -19,7 +19,7 @@ repeat_each(1);
 
 # 2 checks (status, body) per request, and the log checks of TEST 7 (2
 # patterns after each of its 2 requests)
-my @requests = (4, 4, 9, 4, 3, 6, 2);
+my @requests = (4, 4, 10, 4, 3, 6, 2);
 my $sum = 2 * 2;
 $sum += 2 * $_ for @requests;
 plan tests => repeat_each() * $sum;
@@ -84,7 +84,7 @@ __DATA__
 
 
 
-=== TEST 3: ids with "//", "/./" and "/../" are read and deleted as stored
+=== TEST 3: ids with "//", "/./" and "/../" are read and deleted as stored; "?" ends them
 --- http_config
     ratelimit_zone ratelimit:1m;
     ratelimit_redis_timeout 1s;
@@ -104,17 +104,19 @@ __DATA__
  "GET /admin/limits/$::Run/a//b",
  "GET /admin/limits/$::Run/./c",
  "GET /admin/limits/$::Run%2Fd%2F..%2Fe",
+ "GET /admin/limits/$::Run/a/b",
  "GET /admin/limits/$::Run/a/b?x=1",
  "DELETE /admin/limits/$::Run/a//b",
  "GET /admin/limits/$::Run/a//b"]
 --- error_code eval
-[200, 200, 200, 200, 200, 200, 404, 200, 404]
+[200, 200, 200, 200, 200, 200, 404, 400, 200, 404]
 --- response_body_like eval
 [qr/"limit":5/, qr/"limit":6/, qr/"limit":7/,
  qr/^\{"customer_id":"\Q$::Run\E\/a\/\/b","limit":5,"window":60\}$/,
  qr/^\{"customer_id":"\Q$::Run\E\/.\/c","limit":6,"window":60\}$/,
  qr/^\{"customer_id":"\Q$::Run\E\/d\/..\/e","limit":7,"window":60\}$/,
  qr/this customer has no rule/,
+ qr/^\{"error":"unknown argument \\"x\\" \(expected \\"policy\\"\)","field":"x"\}$/,
  qr/^\{"customer_id":"\Q$::Run\E\/a\/\/b","deleted":true\}$/,
  qr/this customer has no rule/]
 
