@@ -9,7 +9,8 @@
 -- told what was there (the edge node may never have heard this shard's
 -- answer).
 --
--- KEYS[1]  the rules hash            ARGV[1]  customer id
+-- KEYS[1]  the rules hash            ARGV[1]  the rule's field: customer
+--                                             id [\x1f policy]
 -- KEYS[2]  the rules version         ARGV[2]  stamp (integer)
 --                                    ARGV[3]  "limit window algorithm" or "-"
 -- Returns {previous stored value or "", rules version, 1 if written else 0}

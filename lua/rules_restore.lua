@@ -8,7 +8,8 @@
 -- not landed here yet (it is on a connection the edge node gave up on), the
 -- undo goes first and the write will find it.  A newer value stays.
 --
--- KEYS[1]  the rules hash            ARGV[1]  customer id
+-- KEYS[1]  the rules hash            ARGV[1]  the rule's field: customer
+--                                             id [\x1f policy]
 -- KEYS[2]  the rules version         ARGV[2]  stamp of the write to undo
 --                                    ARGV[3]  its "limit window algorithm"
 --                                             or "-"

@@ -4,9 +4,16 @@
  * store.
  *
  *   PUT    <location>        {"customer_id": "acme", "limit": 10000,
- *                             "window": 60, "algorithm": "token_bucket"}
- *   GET    <location>/<customer id>
- *   DELETE <location>/<customer id>
+ *                             "window": 60, "algorithm": "token_bucket",
+ *                             "policy": "burst"}
+ *   GET    <location>/<customer id>[?policy=<name>]
+ *   DELETE <location>/<customer id>[?policy=<name>]
+ *
+ * Without a policy the rule is the customer's for every policy; with one,
+ * for that "ratelimit_policy" alone, which must be declared in this nginx's
+ * http block.  The two are fields of their own in the rules hash,
+ * "<customer>" and "<customer>\x1f<policy>", put and deleted apart.  The
+ * query takes "policy" and nothing else (PUT: nothing at all).
  *
  * A change is answered 200 only once every shard holds it; if one cannot
  * take it, the store undoes it everywhere and the answer is 503, so the old
@@ -32,6 +39,10 @@
 
 
 #define NGX_HTTP_RATELIMIT_ADMIN_TIMEOUT  1000
+
+
+/* how much of an unknown query argument's name an answer quotes */
+#define NGX_HTTP_RATELIMIT_ADMIN_ARG_QUOTED  40
 
 
 /* turns how the store's operation ended into the answer, sent */
@@ -62,7 +73,19 @@ static ngx_table_elt_t *ngx_http_ratelimit_admin_header(ngx_http_request_t *r,
     char *name, char *value);
 static ngx_uint_t ngx_http_ratelimit_admin_json_type(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_admin_customer(ngx_http_request_t *r,
-    ngx_str_t *id);
+    ngx_str_t *id, rl_rule_error_t *err);
+static ngx_int_t ngx_http_ratelimit_admin_query(ngx_http_request_t *r,
+    ngx_str_t *policy, rl_rule_error_t *err);
+static ngx_int_t ngx_http_ratelimit_admin_unescape(ngx_http_request_t *r,
+    u_char *start, u_char *end, ngx_str_t *out);
+static ngx_int_t ngx_http_ratelimit_admin_unknown_arg(ngx_http_request_t *r,
+    ngx_str_t *name, const char *expected, rl_rule_error_t *err);
+static ngx_int_t ngx_http_ratelimit_admin_policy(ngx_http_request_t *r,
+    u_char *name, size_t len, rl_rule_error_t *err);
+static ngx_int_t ngx_http_ratelimit_admin_fail(rl_rule_error_t *err,
+    const char *field, const char *fmt, ...);
+static void ngx_http_ratelimit_admin_field(rl_rule_t *rule, u_char *field,
+    ngx_str_t *out);
 static void ngx_http_ratelimit_admin_put_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_admin_read_body(ngx_http_request_t *r,
     u_char *buf, size_t *len);
@@ -319,7 +342,21 @@ ngx_http_ratelimit_admin_path(ngx_http_request_t *r, ngx_str_t *base,
 static ngx_int_t
 ngx_http_ratelimit_admin_put(ngx_http_request_t *r)
 {
-    ngx_int_t  rc;
+    ngx_int_t        rc;
+    rl_rule_error_t  err;
+
+    rc = ngx_http_ratelimit_admin_query(r, NULL, &err);
+
+    if (rc != NGX_OK) {
+        ngx_http_discard_request_body(r);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
 
     if (!ngx_http_ratelimit_admin_json_type(r)) {
         ngx_http_discard_request_body(r);
@@ -354,10 +391,19 @@ static ngx_int_t
 ngx_http_ratelimit_admin_get(ngx_http_request_t *r, ngx_str_t *id)
 {
     ngx_int_t                        rc;
+    ngx_str_t                        field;
+    rl_rule_error_t                  err;
     ngx_http_ratelimit_admin_ctx_t  *ctx;
     ngx_http_ratelimit_main_conf_t  *rmcf;
+    u_char                           buf[NGX_HTTP_RATELIMIT_MAX_RULE_FIELD];
 
-    rc = ngx_http_ratelimit_admin_customer(r, id);
+    rc = ngx_http_ratelimit_admin_customer(r, id, &err);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -367,8 +413,10 @@ ngx_http_ratelimit_admin_get(ngx_http_request_t *r, ngx_str_t *id)
 
     ctx->answer = ngx_http_ratelimit_admin_got;
 
+    ngx_http_ratelimit_admin_field(&ctx->rule, buf, &field);
+
     rc = ngx_http_ratelimit_rules_store_read(rmcf->shm_zone->data, r->pool,
-                                             r->connection->log, id,
+                                             r->connection->log, &field,
                                              NGX_HTTP_RATELIMIT_ADMIN_TIMEOUT,
                                              ngx_http_ratelimit_admin_done,
                                              ctx, &ctx->op);
@@ -382,9 +430,16 @@ ngx_http_ratelimit_admin_get(ngx_http_request_t *r, ngx_str_t *id)
 static ngx_int_t
 ngx_http_ratelimit_admin_delete(ngx_http_request_t *r, ngx_str_t *id)
 {
-    ngx_int_t  rc;
+    ngx_int_t        rc;
+    rl_rule_error_t  err;
 
-    rc = ngx_http_ratelimit_admin_customer(r, id);
+    rc = ngx_http_ratelimit_admin_customer(r, id, &err);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
@@ -451,13 +506,19 @@ ngx_http_ratelimit_admin_json_type(ngx_http_request_t *r)
 }
 
 
-/* the customer id of GET and DELETE, kept in the request's ctx */
+/*
+ * The customer id and the policy ("?policy=", or none) of GET and DELETE,
+ * kept in the request's ctx: NGX_OK; NGX_DECLINED and *err, for the caller
+ * to answer 400 with (an answer sent here would let the caller go on as if
+ * the request were good); or the status to finalize the request with.
+ */
 
 static ngx_int_t
-ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id)
+ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id,
+    rl_rule_error_t *err)
 {
     ngx_int_t                        rc;
-    rl_rule_error_t                  err;
+    ngx_str_t                        policy;
     ngx_http_ratelimit_admin_ctx_t  *ctx;
 
     rc = ngx_http_discard_request_body(r);
@@ -465,9 +526,22 @@ ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id)
         return rc;
     }
 
-    if (rl_rule_check_customer_id(id->data, id->len, &err) != 0) {
-        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
-                                              err.field, err.message);
+    if (rl_rule_check_customer_id(id->data, id->len, err) != 0) {
+        return NGX_DECLINED;
+    }
+
+    rc = ngx_http_ratelimit_admin_query(r, &policy, err);
+
+    if (rc == NGX_OK && policy.data) {
+        rc = ngx_http_ratelimit_admin_policy(r, policy.data, policy.len, err);
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
@@ -475,7 +549,210 @@ ngx_http_ratelimit_admin_customer(ngx_http_request_t *r, ngx_str_t *id)
     ngx_memcpy(ctx->rule.customer_id, id->data, id->len);
     ctx->rule.customer_id_len = id->len;
 
+    /* a valid name: 1 to RL_RULE_MAX_POLICY bytes */
+
+    if (policy.data) {
+        ngx_memcpy(ctx->rule.policy, policy.data, policy.len);
+        ctx->rule.policy_len = policy.len;
+    }
+
     return NGX_OK;
+}
+
+
+/*
+ * The query: "policy=<name>" when policy is not NULL (GET, DELETE), else
+ * nothing (PUT).  Names and values are percent-decoded; empty parts ("&&")
+ * are skipped.  NGX_OK and *policy (data NULL: not given; the name is not
+ * checked here); NGX_DECLINED and *err; NGX_ERROR.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_query(ngx_http_request_t *r, ngx_str_t *policy,
+    rl_rule_error_t *err)
+{
+    u_char     *p, *last, *end, *eq;
+    ngx_str_t   name, value;
+
+    if (policy) {
+        ngx_str_null(policy);
+    }
+
+    p = r->args.data;
+    last = p + r->args.len;
+
+    for ( /* void */ ; p < last; p = end + 1) {
+
+        end = ngx_strlchr(p, last, '&');
+        if (end == NULL) {
+            end = last;
+        }
+
+        if (end == p) {
+            continue;
+        }
+
+        eq = ngx_strlchr(p, end, '=');
+
+        if (ngx_http_ratelimit_admin_unescape(r, p, eq ? eq : end, &name)
+            != NGX_OK
+            || ngx_http_ratelimit_admin_unescape(r, eq ? eq + 1 : end, end,
+                                                 &value)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (name.len != sizeof("policy") - 1
+            || ngx_strncmp(name.data, "policy", name.len) != 0)
+        {
+            return ngx_http_ratelimit_admin_unknown_arg(r, &name,
+                       policy ? "(expected \"policy\")"
+                              : "(PUT takes none)", err);
+        }
+
+        if (policy == NULL) {
+            return ngx_http_ratelimit_admin_fail(err, "policy",
+                       "PUT takes the policy in the body, not in the query");
+        }
+
+        /* the last of two would win silently, whichever the client meant */
+
+        if (policy->data) {
+            return ngx_http_ratelimit_admin_fail(err, "policy",
+                       "argument \"policy\" is given more than once");
+        }
+
+        *policy = value;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the bytes from start to end, percent-decoded and NUL-terminated */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_unescape(ngx_http_request_t *r, u_char *start,
+    u_char *end, ngx_str_t *out)
+{
+    u_char  *dst;
+
+    out->data = ngx_pnalloc(r->pool, end - start + 1);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst = out->data;
+    ngx_unescape_uri(&dst, &start, end - start, 0);
+    *dst = '\0';
+
+    out->len = dst - out->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * An unknown argument is named in the answer, as the "field" at fault too:
+ * its first bytes, every one but printable ASCII shown as "?", so the
+ * answer stays one line of valid UTF-8.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_unknown_arg(ngx_http_request_t *r, ngx_str_t *name,
+    const char *expected, rl_rule_error_t *err)
+{
+    size_t   i, n;
+    u_char  *quoted;
+
+    n = ngx_min(name->len, NGX_HTTP_RATELIMIT_ADMIN_ARG_QUOTED);
+
+    quoted = ngx_pnalloc(r->pool, n + 1);
+    if (quoted == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        quoted[i] = (name->data[i] >= 0x20 && name->data[i] < 0x7f)
+                    ? name->data[i] : '?';
+    }
+
+    quoted[n] = '\0';
+
+    return ngx_http_ratelimit_admin_fail(err, (const char *) quoted,
+                                         "unknown argument \"%s%s\" %s",
+                                         quoted, n < name->len ? "..." : "",
+                                         expected);
+}
+
+
+/*
+ * A policy named by a request: a valid name, and that of a
+ * "ratelimit_policy" of this nginx.  NGX_OK, or NGX_DECLINED and *err.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_policy(ngx_http_request_t *r, u_char *name,
+    size_t len, rl_rule_error_t *err)
+{
+    ngx_str_t                        s;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    if (rl_rule_check_policy_name(name, len, err) != 0) {
+        return NGX_DECLINED;
+    }
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
+
+    s.data = name;
+    s.len = len;
+
+    if (ngx_http_ratelimit_policy_find(rmcf, &s) == NULL) {
+        return ngx_http_ratelimit_admin_fail(err, "policy",
+                   "unknown policy \"%V\": no \"ratelimit_policy\" of that"
+                   " name in this nginx's http block", &s);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_admin_fail(rl_rule_error_t *err, const char *field,
+    const char *fmt, ...)
+{
+    u_char   *p;
+    va_list   args;
+
+    err->field = field;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf((u_char *) err->message,
+                      (u_char *) err->message + sizeof(err->message) - 1,
+                      fmt, args);
+    va_end(args);
+
+    *p = '\0';
+
+    return NGX_DECLINED;
+}
+
+
+/* the rule's field in the rules hash: "<customer>[\x1f<policy>]" */
+
+static void
+ngx_http_ratelimit_admin_field(rl_rule_t *rule, u_char *field, ngx_str_t *out)
+{
+    ngx_str_t  customer, policy;
+
+    customer.data = rule->customer_id;
+    customer.len = rule->customer_id_len;
+    policy.data = rule->policy;
+    policy.len = rule->policy_len;
+
+    out->data = field;
+    out->len = ngx_http_ratelimit_rules_field(field, &customer, &policy);
 }
 
 
@@ -506,7 +783,12 @@ ngx_http_ratelimit_admin_put_body(ngx_http_request_t *r)
         return;
     }
 
-    if (rl_rule_parse_json((const char *) body, len, &ctx->rule, &err) != 0) {
+    if (rl_rule_parse_json((const char *) body, len, &ctx->rule, &err) != 0
+        || (ctx->rule.policy_len
+            && ngx_http_ratelimit_admin_policy(r, ctx->rule.policy,
+                                               ctx->rule.policy_len, &err)
+               != NGX_OK))
+    {
         ngx_http_finalize_request(r, ngx_http_ratelimit_admin_error(r,
                                     NGX_HTTP_BAD_REQUEST, err.field,
                                     err.message));
@@ -574,20 +856,22 @@ static ngx_int_t
 ngx_http_ratelimit_admin_change(ngx_http_request_t *r, rl_rule_t *rule)
 {
     ngx_int_t                        rc;
-    ngx_str_t                        id;
+    ngx_str_t                        field;
     ngx_http_ratelimit_admin_ctx_t  *ctx;
     ngx_http_ratelimit_main_conf_t  *rmcf;
+    u_char                           buf[NGX_HTTP_RATELIMIT_MAX_RULE_FIELD];
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
     rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
 
     ctx->answer = ngx_http_ratelimit_admin_changed;
 
-    id.data = ctx->rule.customer_id;
-    id.len = ctx->rule.customer_id_len;
+    /* the store keeps its own copy of the field */
+
+    ngx_http_ratelimit_admin_field(&ctx->rule, buf, &field);
 
     rc = ngx_http_ratelimit_rules_store_write(rmcf->shm_zone->data, r->pool,
-                                              r->connection->log, &id, rule,
+                                              r->connection->log, &field, rule,
                                               NGX_HTTP_RATELIMIT_ADMIN_TIMEOUT,
                                               ngx_http_ratelimit_admin_done,
                                               ctx, &ctx->op);
@@ -698,14 +982,22 @@ ngx_http_ratelimit_admin_got(ngx_http_request_t *r, ngx_int_t outcome,
                                               NULL, "no shard answered");
     }
 
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    if (rule == NULL && ctx->rule.policy_len) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_NOT_FOUND,
+                                   "policy",
+                                   "this customer has no rule for this "
+                                   "policy: its rule for every policy "
+                                   "applies, or else the policy's limit");
+    }
+
     if (rule == NULL) {
         return ngx_http_ratelimit_admin_error(r, NGX_HTTP_NOT_FOUND,
                                    "customer_id",
                                    "this customer has no rule: the location's "
                                    "default applies");
     }
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
 
     ngx_http_ratelimit_admin_rule_shown(rule, &ctx->rule);
 
@@ -796,9 +1088,12 @@ ngx_http_ratelimit_admin_send_rule(ngx_http_request_t *r, rl_rule_t *rule)
     size_t     size;
     ngx_str_t  body;
 
-    /* a customer id of control-free bytes escapes to at most 6 times it */
+    /*
+     * A customer id of control-free bytes escapes to at most 6 times it; a
+     * policy name needs no escapes.
+     */
 
-    size = 6 * RL_RULE_MAX_CUSTOMER_ID + 256;
+    size = 6 * RL_RULE_MAX_CUSTOMER_ID + RL_RULE_MAX_POLICY + 256;
 
     body.data = ngx_pnalloc(r->pool, size);
     if (body.data == NULL) {
@@ -814,7 +1109,10 @@ ngx_http_ratelimit_admin_send_rule(ngx_http_request_t *r, rl_rule_t *rule)
 }
 
 
-/* {"customer_id":"acme","deleted":true}: false when it had no rule */
+/*
+ * {"customer_id":"acme","deleted":true}: false when it had no rule;
+ * "policy":"burst" after the id for the rule of a policy
+ */
 
 static ngx_int_t
 ngx_http_ratelimit_admin_send_deleted(ngx_http_request_t *r, rl_rule_t *rule,
@@ -837,6 +1135,11 @@ ngx_http_ratelimit_admin_send_deleted(ngx_http_request_t *r, rl_rule_t *rule,
            == yajl_gen_status_ok
         && yajl_gen_string(g, rule->customer_id, rule->customer_id_len)
            == yajl_gen_status_ok
+        && (rule->policy_len == 0
+            || (yajl_gen_string(g, (const unsigned char *) "policy", 6)
+                == yajl_gen_status_ok
+                && yajl_gen_string(g, rule->policy, rule->policy_len)
+                   == yajl_gen_status_ok))
         && yajl_gen_string(g, (const unsigned char *) "deleted", 7)
            == yajl_gen_status_ok
         && yajl_gen_bool(g, existed) == yajl_gen_status_ok

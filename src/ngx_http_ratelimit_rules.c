@@ -2,7 +2,8 @@
 /*
  * Global API rate limiter: per-customer rules kept in Redis.
  *
- * Every shard holds every rule, in the hash "rl:rules" (customer id ->
+ * Every shard holds every rule, in the hash "rl:rules" (customer id, or
+ * "<customer id>\x1f<policy>" for the rule of one policy, ->
  * "<stamp> <limit> <window> <algorithm>", "<stamp> -" once deleted, or
  * "<stamp> ~<body>" once a failed write was undone) with a version counter
  * and a digest of the hash beside it.  So any live shard can tell a

@@ -45,7 +45,10 @@ typedef void (*ngx_http_ratelimit_rules_done_pt)(void *data,
 
 /*
  * write() stores "rule" as the customer's rule, or deletes it when "rule"
- * is NULL; read() asks for it.  Both allocate from "pool", which must last
+ * is NULL; read() asks for it.  "customer" is the rule's field in the
+ * rules hash, as ngx_http_ratelimit_rules_field() makes it: the customer
+ * id, and the policy after it for the rule of one policy; the store takes
+ * it as it is (only rule->limit, window and algorithm are stored).  Both allocate from "pool", which must last
  * until the handler is called or the operation is cancelled, log to "log",
  * and wait "timeout" for the shards (a failed write waits as long again
  * for its undo).

@@ -1,7 +1,7 @@
 
 /*
- * Per-customer limit rules: the admin endpoint's JSON and the form stored in
- * Redis.
+ * Per-customer limit rules, for every policy of the customer or for one:
+ * the admin endpoint's JSON and the form stored in Redis.
  */
 
 
@@ -355,7 +355,9 @@ rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
     yajl_gen     g;
     const char  *name;
 
-    if (rule->customer_id_len > RL_RULE_MAX_CUSTOMER_ID) {
+    if (rule->customer_id_len > RL_RULE_MAX_CUSTOMER_ID
+        || rule->policy_len > RL_RULE_MAX_POLICY)
+    {
         return 0;
     }
 
@@ -380,7 +382,16 @@ rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
          && yajl_gen_string(g, (const unsigned char *) "customer_id", 11)
             == yajl_gen_status_ok
          && yajl_gen_string(g, rule->customer_id, rule->customer_id_len)
-            == yajl_gen_status_ok
+            == yajl_gen_status_ok;
+
+    if (ok && rule->policy_len) {
+        ok = yajl_gen_string(g, (const unsigned char *) "policy", 6)
+             == yajl_gen_status_ok
+             && yajl_gen_string(g, rule->policy, rule->policy_len)
+                == yajl_gen_status_ok;
+    }
+
+    ok = ok
          && yajl_gen_string(g, (const unsigned char *) "limit", 5)
             == yajl_gen_status_ok
          && yajl_gen_integer(g, rule->limit) == yajl_gen_status_ok
@@ -535,8 +546,8 @@ rl_rule_fail_unknown(rl_rule_error_t *err, const unsigned char *name,
     }
 
     n = snprintf(err->message, sizeof(err->message),
-                 "unknown field \"%.*s%s\" (expected customer_id, limit,"
-                 " window, algorithm)",
+                 "unknown field \"%.*s%s\" (expected customer_id, policy,"
+                 " limit, window, algorithm)",
                  (int) q, quoted, i < len ? "..." : "");
 
     if (n < 0 || (size_t) n + 1 + q + 1 > sizeof(err->message)) {
@@ -759,7 +770,7 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
 {
     int          nul;
     size_t       i;
-    yajl_val     v, id, limit, window, algorithm, *slot;
+    yajl_val     v, id, policy, limit, window, algorithm, *slot;
     const char  *key, *field, *s;
 
     if (!YAJL_IS_OBJECT(root)) {
@@ -768,6 +779,7 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
     }
 
     id = NULL;
+    policy = NULL;
     limit = NULL;
     window = NULL;
     algorithm = NULL;
@@ -784,6 +796,10 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
         if (strcmp(key, "customer_id") == 0) {
             field = "customer_id";
             slot = &id;
+
+        } else if (strcmp(key, "policy") == 0) {
+            field = "policy";
+            slot = &policy;
 
         } else if (strcmp(key, "limit") == 0) {
             field = "limit";
@@ -841,6 +857,35 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
 
             rule->customer_id_len = strlen(s);
             memcpy(rule->customer_id, s, rule->customer_id_len);
+
+        } else if (slot == &policy) {
+            if (!YAJL_IS_STRING(v)) {
+                return rl_rule_fail(err, "policy",
+                                    "policy must be a name of 1 to %d"
+                                    " characters%s", RL_RULE_MAX_POLICY,
+                                    rl_rule_not(v, yajl_t_string));
+            }
+
+            s = YAJL_GET_STRING(v);
+
+            /* cut short at its NUL, the name could look valid */
+
+            if (nul) {
+                return rl_rule_fail(err, "policy",
+                                    "policy must be letters, digits, \"_\","
+                                    " \"-\" and \".\" (byte 0x00 at offset"
+                                    " %lu)", (unsigned long) strlen(s));
+            }
+
+            if (rl_rule_check_policy_name((const unsigned char *) s,
+                                          strlen(s), err)
+                != 0)
+            {
+                return -1;
+            }
+
+            rule->policy_len = strlen(s);
+            memcpy(rule->policy, s, rule->policy_len);
 
         } else if (slot == &limit) {
             if (rl_rule_integer(v, 1, RL_RULE_MAX_LIMIT, &rule->limit) != 0)

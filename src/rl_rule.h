@@ -1,8 +1,9 @@
 
 /*
- * Per-customer limit rules as the admin endpoint takes them (JSON) and as
- * Redis stores them: validation and encoding, nginx-free, so unit tests can
- * drive it directly.  yajl parses and generates the JSON.
+ * Per-customer limit rules, for every policy of the customer or for one, as
+ * the admin endpoint takes them (JSON) and as Redis stores them: validation
+ * and encoding, nginx-free, so unit tests can drive it directly.  yajl
+ * parses and generates the JSON.
  */
 
 
@@ -40,11 +41,17 @@ typedef struct {
 } rl_limit_t;
 
 
-/* customer_id is not NUL-terminated: all 256 bytes may be the id */
+/*
+ * customer_id and policy are not NUL-terminated: all 256 (64) bytes may be
+ * the id (the name).  policy_len 0: the rule of every policy of the
+ * customer; else the rule of that "ratelimit_policy" alone.
+ */
 
 typedef struct {
     unsigned char  customer_id[RL_RULE_MAX_CUSTOMER_ID];
     size_t         customer_id_len;
+    unsigned char  policy[RL_RULE_MAX_POLICY];
+    size_t         policy_len;
     long long      limit;
     long long      window;      /* seconds */
     int            algorithm;   /* RL_RULE_ALGORITHM_* */
@@ -67,7 +74,9 @@ typedef struct {
  * 0 and *rule filled, or -1 and *err says why; never both partly.  Bodies
  * over RL_RULE_MAX_BODY are refused as a whole.  Strict JSON (RFC 8259): no
  * comments, no control characters but tab, CR and LF, nothing but
- * whitespace after the object.
+ * whitespace after the object.  "policy" is optional, a name as
+ * rl_rule_check_policy_name() takes it; whether such a policy is declared
+ * is for the caller to tell.
  */
 int rl_rule_parse_json(const char *body, size_t len, rl_rule_t *rule,
     rl_rule_error_t *err);
@@ -97,16 +106,17 @@ int rl_rule_check_policy_name(const unsigned char *name, size_t len,
 size_t rl_rule_encode(const rl_rule_t *rule, char *buf, size_t size);
 
 /*
- * Parses the stored form back into limit/window/algorithm (customer_id
- * untouched); 0, or -1 if garbled or out of range (*rule then untouched).
+ * Parses the stored form back into limit/window/algorithm (customer_id and
+ * policy untouched); 0, or -1 if garbled or out of range (*rule then untouched).
  * Only the exact form rl_rule_encode() writes is taken.
  */
 int rl_rule_decode(const char *s, size_t len, rl_rule_t *rule);
 
 /*
- * {"customer_id":"acme","limit":10000,"window":60,"algorithm":"token_bucket"}
- * ("algorithm" omitted when NONE) + "\n", NUL-terminated; length (without
- * NUL), or 0 if size too small (or customer_id is not valid UTF-8).
+ * {"customer_id":"acme","policy":"burst","limit":10000,"window":60,
+ * "algorithm":"token_bucket"} ("policy" omitted when policy_len is 0,
+ * "algorithm" when NONE) + "\n", NUL-terminated; length (without NUL), or 0
+ * if size too small (or customer_id or policy is not valid UTF-8).
  */
 size_t rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size);
 

@@ -17,9 +17,10 @@ sub put { "PUT /admin/limits\n$_[0]" }
 no_shuffle();
 repeat_each(1);
 
-# 2 checks (status, body) per request
-my @requests = (4, 4, 9, 4, 3, 6);
-my $sum = 0;
+# 2 checks (status, body) per request, and the log checks of TEST 7 (2
+# patterns after each of its 2 requests)
+my @requests = (4, 4, 10, 4, 3, 6, 2);
+my $sum = 2 * 2;
 $sum += 2 * $_ for @requests;
 plan tests => repeat_each() * $sum;
 
@@ -83,7 +84,7 @@ __DATA__
 
 
 
-=== TEST 3: ids with "//", "/./" and "/../" are read and deleted as stored
+=== TEST 3: ids with "//", "/./" and "/../" are read and deleted as stored; "?" ends them
 --- http_config
     ratelimit_zone ratelimit:1m;
     ratelimit_redis_timeout 1s;
@@ -103,17 +104,19 @@ __DATA__
  "GET /admin/limits/$::Run/a//b",
  "GET /admin/limits/$::Run/./c",
  "GET /admin/limits/$::Run%2Fd%2F..%2Fe",
+ "GET /admin/limits/$::Run/a/b",
  "GET /admin/limits/$::Run/a/b?x=1",
  "DELETE /admin/limits/$::Run/a//b",
  "GET /admin/limits/$::Run/a//b"]
 --- error_code eval
-[200, 200, 200, 200, 200, 200, 404, 200, 404]
+[200, 200, 200, 200, 200, 200, 404, 400, 200, 404]
 --- response_body_like eval
 [qr/"limit":5/, qr/"limit":6/, qr/"limit":7/,
  qr/^\{"customer_id":"\Q$::Run\E\/a\/\/b","limit":5,"window":60\}$/,
  qr/^\{"customer_id":"\Q$::Run\E\/.\/c","limit":6,"window":60\}$/,
  qr/^\{"customer_id":"\Q$::Run\E\/d\/..\/e","limit":7,"window":60\}$/,
  qr/this customer has no rule/,
+ qr/^\{"error":"unknown argument \\"x\\" \(expected \\"policy\\"\)","field":"x"\}$/,
  qr/^\{"customer_id":"\Q$::Run\E\/a\/\/b","deleted":true\}$/,
  qr/this customer has no rule/]
 
@@ -197,3 +200,33 @@ __DATA__
 --- response_body_like eval
 [(qr/"error":"a valid \\"Authorization: Bearer\\" token is required"/) x 5,
  qr/this customer has no rule/]
+
+
+
+=== TEST 7: GET and DELETE of an invalid id: one 400, and nothing more is done
+The 400 used to be sent and the request carried on to the store as if the
+id were good: a second answer ("header already sent"), a client left
+waiting, and for DELETE a deletion under the empty id sent to the shards.
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis_timeout 1s;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+    ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT2;
+--- config
+    location /admin/limits {
+        ratelimit_admin;
+        ratelimit_admin_token test-admin-token-0123456789;
+    }
+--- more_headers eval
+"Authorization: Bearer $::Token"
+--- request eval
+["GET /admin/limits/$::Run%01x",
+ "DELETE /admin/limits/$::Run%01x"]
+--- error_code eval
+[400, 400]
+--- response_body_like eval
+[qr/^\{"error":"customer_id must not contain control characters \(byte 0x01 at offset \d+\)","field":"customer_id"\}$/,
+ qr/"field":"customer_id"/]
+--- no_error_log
+header already sent
+[alert]

@@ -150,21 +150,24 @@ bad_exactly(const char *body, const char *field, const char *expect,
 
 
 /*
- * The body must be taken as the rule given, and the rule must go through
- * the stored form and the JSON answer unchanged; json is that answer.
+ * The body must be taken as the rule given, for the policy given ("": for
+ * every policy), and the rule must go through the stored form and the JSON
+ * answer unchanged; json is that answer.
  */
 
 static void
-good(const char *body, const char *id, long long limit, long long window,
-    int algorithm, const char *json, const char *name)
+good_policy(const char *body, const char *id, const char *policy,
+    long long limit, long long window, int algorithm, const char *json,
+    const char *name)
 {
     int              rc;
     char             title[512], stored[64], out[2048];
-    size_t           n, idlen;
+    size_t           n, idlen, plen;
     rl_rule_t        rule, decoded, again;
     rl_rule_error_t  err;
 
     idlen = strlen(id);
+    plen = strlen(policy);
 
     sentinel(&rule, &err);
 
@@ -173,6 +176,7 @@ good(const char *body, const char *id, long long limit, long long window,
     snprintf(title, sizeof(title), "accepted: %s", name);
     ok(rc == 0 && rule.customer_id_len == idlen
        && memcmp(rule.customer_id, id, idlen) == 0
+       && rule.policy_len == plen && memcmp(rule.policy, policy, plen) == 0
        && rule.limit == limit && rule.window == window
        && rule.algorithm == algorithm
        && untouched(&err, sizeof(err)), title);
@@ -188,13 +192,17 @@ good(const char *body, const char *id, long long limit, long long window,
     memset(&decoded, SENTINEL, sizeof(decoded));
     memcpy(decoded.customer_id, rule.customer_id, rule.customer_id_len);
     decoded.customer_id_len = rule.customer_id_len;
+    memcpy(decoded.policy, rule.policy, rule.policy_len);
+    decoded.policy_len = rule.policy_len;
 
     snprintf(title, sizeof(title), "stored form round-trips: %s", name);
     ok(n > 0 && n == strlen(stored)
        && rl_rule_decode(stored, n, &decoded) == 0
        && decoded.limit == limit && decoded.window == window
        && decoded.algorithm == algorithm
-       && memcmp(decoded.customer_id, id, idlen) == 0, title);
+       && memcmp(decoded.customer_id, id, idlen) == 0
+       && decoded.policy_len == plen
+       && memcmp(decoded.policy, policy, plen) == 0, title);
 
     n = rl_rule_to_json(&decoded, out, sizeof(out));
 
@@ -214,8 +222,20 @@ good(const char *body, const char *id, long long limit, long long window,
     ok(n > 0 && rl_rule_parse_json(out, n, &again, &err) == 0
        && again.customer_id_len == idlen
        && memcmp(again.customer_id, id, idlen) == 0
+       && again.policy_len == plen
+       && memcmp(again.policy, policy, plen) == 0
        && again.limit == limit && again.window == window
        && again.algorithm == algorithm, title);
+}
+
+
+/* a rule of every policy of the customer */
+
+static void
+good(const char *body, const char *id, long long limit, long long window,
+    int algorithm, const char *json, const char *name)
+{
+    good_policy(body, id, "", limit, window, algorithm, json, name);
 }
 
 
@@ -884,6 +904,174 @@ test_check_customer_id(void)
 
 
 static void
+test_policy(void)
+{
+    char         body[512], title[128], name[RL_RULE_MAX_POLICY + 2],
+                 json[512];
+    size_t       i;
+    static const struct {
+        const char  *value;
+        const char  *expect;
+        const char  *name;
+    } cases[] = {
+        { "\"\"", "policy must be a name of 1 to 64 characters, not 0",
+          "an empty name" },
+        { "\"default\"", "policy \"default\" is reserved",
+          "\"default\", every location's unnamed policy" },
+        { "\"a b\"", "(byte 0x20 at offset 1)", "a space" },
+        { "\"a/b\"", "(byte 0x2f at offset 1)", "a slash" },
+        { "\"a\\u001fb\"", "(byte 0x1f at offset 1)",
+          "the separator of the stored field" },
+        { "\"a\\u0000b\"", "(byte 0x00 at offset 1)", "an escaped NUL" },
+        { "\"burst\\u0000\"", "(byte 0x00 at offset 5)",
+          "a valid name, then an escaped NUL" },
+        { "\"\\u00e9t\\u00e9\"", "(byte 0xc3 at offset 0)", "UTF-8 letters" },
+        { "\"a?b\"", "(byte 0x3f at offset 1)", "a question mark" },
+        { "42", "policy must be a name of 1 to 64 characters, not a number",
+          "a number" },
+        { "null", "policy must be a name of 1 to 64 characters, not null",
+          "null" },
+        { "true", ", not a boolean", "true" },
+        { "[\"burst\"]", ", not an array", "an array" },
+        { "{}", ", not an object", "an object" },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(body, sizeof(body),
+                 "{\"customer_id\":\"acme\",\"policy\":%s,\"limit\":100,"
+                 "\"window\":60}", cases[i].value);
+        snprintf(title, sizeof(title), "policy: %s", cases[i].name);
+        bad(body, "policy", cases[i].expect, title);
+    }
+
+    bad("{\"customer_id\":\"acme\",\"policy\":\"a\",\"policy\":\"b\","
+        "\"limit\":100,\"window\":60}", "policy",
+        "field \"policy\" is given more than once", "policy twice");
+    bad("{\"customer_id\":\"acme\",\"Policy\":\"a\",\"limit\":100,"
+        "\"window\":60}", "Policy",
+        "(expected customer_id, policy, limit, window, algorithm)",
+        "an unknown field: policy is among those expected");
+    bad("{\"policy\":\"burst\",\"limit\":100,\"window\":60}", "customer_id",
+        "customer_id is required", "a policy without a customer");
+    bad("{\"customer_id\":\"acme\",\"policy\":\"burst\",\"window\":60}",
+        "limit", "limit is required", "a policy without a limit");
+
+    memset(name, 'p', RL_RULE_MAX_POLICY + 1);
+    name[RL_RULE_MAX_POLICY + 1] = '\0';
+    snprintf(body, sizeof(body),
+             "{\"customer_id\":\"acme\",\"policy\":\"%s\",\"limit\":100,"
+             "\"window\":60}", name);
+    bad(body, "policy", "1 to 64 characters, not 65",
+        "a policy name of 65 characters");
+
+    name[RL_RULE_MAX_POLICY] = '\0';
+    snprintf(body, sizeof(body),
+             "{\"customer_id\":\"acme\",\"policy\":\"%s\",\"limit\":100,"
+             "\"window\":60}", name);
+    snprintf(json, sizeof(json),
+             "{\"customer_id\":\"acme\",\"policy\":\"%s\",\"limit\":100,"
+             "\"window\":60}\n", name);
+    good_policy(body, "acme", name, 100, 60, RL_RULE_ALGORITHM_NONE, json,
+                "a policy name of 64 characters");
+
+    good_policy("{\"customer_id\":\"acme\",\"policy\":\"burst\",\"limit\":10,"
+                "\"window\":1}", "acme", "burst", 10, 1,
+                RL_RULE_ALGORITHM_NONE,
+                "{\"customer_id\":\"acme\",\"policy\":\"burst\",\"limit\":10,"
+                "\"window\":1}\n", "the rule of one policy");
+    good_policy("{\"algorithm\":\"sliding_window\",\"window\":3600,"
+                "\"limit\":5,\"policy\":\"Search_v2.1-x\",\"customer_id\":"
+                "\"a?b\"}", "a?b", "Search_v2.1-x", 5, 3600,
+                RL_RULE_ALGORITHM_SLIDING_WINDOW,
+                "{\"customer_id\":\"a?b\",\"policy\":\"Search_v2.1-x\","
+                "\"limit\":5,\"window\":3600,\"algorithm\":"
+                "\"sliding_window\"}\n",
+                "a policy in any order, every kind of character in its name");
+    good_policy("{\"customer_id\":\"acme\",\"policy\":\"\\u0062urst\","
+                "\"limit\":10,\"window\":60}", "acme", "burst", 10, 60,
+                RL_RULE_ALGORITHM_NONE,
+                "{\"customer_id\":\"acme\",\"policy\":\"burst\",\"limit\":10,"
+                "\"window\":60}\n", "a policy name written with an escape");
+}
+
+
+static void
+test_check_policy_name(void)
+{
+    size_t           i;
+    char             title[128];
+    unsigned char    name[RL_RULE_MAX_POLICY + 1];
+    rl_rule_error_t  err;
+    static const char  *valid[] = {
+        "a", "burst", "Burst", "search_v2", "a.b-c_d", "0", "...", "-",
+        "defaults", "Default", "default_",
+    };
+
+    for (i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
+        memset(&err, SENTINEL, sizeof(err));
+        snprintf(title, sizeof(title), "policy name check takes \"%s\"",
+                 valid[i]);
+        ok(rl_rule_check_policy_name((const unsigned char *) valid[i],
+                                     strlen(valid[i]), &err) == 0
+           && untouched(&err, sizeof(err)), title);
+    }
+
+    for (i = 0; i < 256; i++) {
+        name[0] = 'a';
+        name[1] = (unsigned char) i;
+
+        if ((i >= 'a' && i <= 'z') || (i >= 'A' && i <= 'Z')
+            || (i >= '0' && i <= '9') || i == '_' || i == '-' || i == '.')
+        {
+            continue;
+        }
+
+        memset(&err, SENTINEL, sizeof(err));
+
+        if (rl_rule_check_policy_name(name, 2, &err) != -1
+            || !same_field(err.field, "policy")
+            || strstr(err.message, "at offset 1)") == NULL
+            || !sane_message(&err))
+        {
+            break;
+        }
+    }
+    ok(i == 256, "policy name check refuses every other byte");
+    printf("#   message: %s\n", err.message);
+
+    memset(&err, SENTINEL, sizeof(err));
+    ok(rl_rule_check_policy_name((const unsigned char *) "default", 7, &err)
+       == -1 && same_field(err.field, "policy")
+       && strstr(err.message, "reserved") != NULL && sane_message(&err),
+       "policy name check refuses \"default\"");
+
+    memset(&err, SENTINEL, sizeof(err));
+    ok(rl_rule_check_policy_name((const unsigned char *) "", 0, &err) == -1
+       && same_field(err.field, "policy")
+       && strstr(err.message, "not 0") != NULL,
+       "policy name check refuses the empty name");
+
+    memset(name, 'x', sizeof(name));
+
+    memset(&err, SENTINEL, sizeof(err));
+    ok(rl_rule_check_policy_name(name, RL_RULE_MAX_POLICY, &err) == 0
+       && untouched(&err, sizeof(err)),
+       "policy name check takes 64 characters");
+
+    memset(&err, SENTINEL, sizeof(err));
+    ok(rl_rule_check_policy_name(name, RL_RULE_MAX_POLICY + 1, &err) == -1
+       && same_field(err.field, "policy")
+       && strstr(err.message, "not 65") != NULL,
+       "policy name check refuses 65 characters");
+
+    ok(rl_rule_check_policy_name(name, 3, NULL) == 0
+       && rl_rule_check_policy_name((const unsigned char *) "a b", 3, NULL)
+          == -1,
+       "policy name check works without an error to fill in");
+}
+
+
+static void
 test_encode_decode(void)
 {
     char         buf[64];
@@ -940,8 +1128,11 @@ test_encode_decode(void)
        && rule.limit == 10 && rule.window == 60
        && rule.algorithm == RL_RULE_ALGORITHM_TOKEN_BUCKET
        && untouched(rule.customer_id, sizeof(rule.customer_id))
-       && untouched(&rule.customer_id_len, sizeof(rule.customer_id_len)),
-       "decode fills limit, window and algorithm, not the customer id");
+       && untouched(&rule.customer_id_len, sizeof(rule.customer_id_len))
+       && untouched(rule.policy, sizeof(rule.policy))
+       && untouched(&rule.policy_len, sizeof(rule.policy_len)),
+       "decode fills limit, window and algorithm, not the customer id nor"
+       " the policy");
 
     memset(&rule, SENTINEL, sizeof(rule));
     ok(rl_rule_decode("1000000000 86400 sliding_window", 31, &rule) == 0
@@ -1061,6 +1252,25 @@ test_json_out(void)
     ok(rl_rule_to_json(&rule, buf, sizeof(buf)) == 0,
        "to_json refuses an unknown algorithm");
 
+    rule.algorithm = RL_RULE_ALGORITHM_NONE;
+    memcpy(rule.policy, "burst", 5);
+    rule.policy_len = 5;
+    n = rl_rule_to_json(&rule, buf, sizeof(buf));
+    ok(n > 0 && strcmp(buf, "{\"customer_id\":\"acme\",\"policy\":\"burst\","
+                            "\"limit\":10000,\"window\":60}\n") == 0,
+       "to_json: the policy after the customer id");
+
+    rule.policy_len = RL_RULE_MAX_POLICY + 1;
+    ok(rl_rule_to_json(&rule, buf, sizeof(buf)) == 0,
+       "to_json refuses a policy length past the array");
+
+    memcpy(rule.policy, "b\xff", 2);
+    rule.policy_len = 2;
+    ok(rl_rule_to_json(&rule, buf, sizeof(buf)) == 0,
+       "to_json gives nothing for a policy that is not UTF-8");
+
+    rule.policy_len = 0;
+
     err.field = "limit";
     strcpy(err.message, "limit must be an integer from 1 to 1000000000");
     n = rl_rule_error_json(&err, buf, sizeof(buf));
@@ -1092,7 +1302,7 @@ test_json_out(void)
     copy = err;
     n = rl_rule_error_json(&copy, buf, sizeof(buf));
     ok(n > 0 && strcmp(buf, "{\"error\":\"unknown field \\\"x\\\"y\\\""
-                            " (expected customer_id, limit, window,"
+                            " (expected customer_id, policy, limit, window,"
                             " algorithm)\",\"field\":\"x\\\"y\"}\n") == 0,
        "error_json of an unknown field, escaped");
     printf("#   %s", buf);
@@ -1113,6 +1323,8 @@ main(void)
     test_first_error();
     test_good();
     test_check_customer_id();
+    test_policy();
+    test_check_policy_name();
     test_encode_decode();
     test_json_out();
 
