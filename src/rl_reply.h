@@ -15,10 +15,12 @@
 
 
 typedef struct {
-    int         allowed;
+    int         allowed;          /* check.lua: -1 when not run (late) */
     long long   remaining;
     long long   retry_after_ms;   /* 0 when allowed */
     long long   reset_ms;         /* until the full quota is back */
+    long long   t_ms;             /* check.lua: within which no more than
+                                     remaining pass; -1: not said */
     long long   now_ms;           /* the shard's clock, -1: not said */
 } rl_check_result_t;
 
@@ -36,6 +38,27 @@ typedef struct {
  * RL_REPLY_OK, *why says what was wrong (static or inside the reply).
  */
 int rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,
+    const char **why);
+
+/*
+ * Decodes the reply of lua/check.lua for n checks: 5 integers per check
+ * {allowed, remaining, retry_ms, reset_ms, t_ms}, then now_ms, into
+ * results[0 .. n-1] (each with now_ms) and *now_ms.  allowed -1 (the
+ * check's group ran after its deadline, nothing counted) is no error here:
+ * each check says so in results[i].allowed.  RL_REPLY_NOSCRIPT,
+ * RL_REPLY_ERROR (*why: Redis' message) or RL_REPLY_MALFORMED (wrong type
+ * or length, an element that is no integer or out of its range: allowed
+ * not -1, 0 or 1, a negative number, an allowed check with a retry time, a
+ * denied one without); then results and *now_ms are unspecified.
+ */
+int rl_reply_decode_batch(const redisReply *reply, size_t n,
+    rl_check_result_t *results, long long *now_ms, const char **why);
+
+/*
+ * Decodes the reply of lua/refund.lua, {refunded, now_ms}: RL_REPLY_OK
+ * with *now_ms set, or as above.
+ */
+int rl_reply_decode_refund(const redisReply *reply, long long *now_ms,
     const char **why);
 
 /* whole seconds for Retry-After: rounded up, at least 1 */

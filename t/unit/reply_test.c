@@ -6,6 +6,7 @@
 
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <hiredis/hiredis.h>
@@ -74,13 +75,120 @@ decode(const char *resp, rl_check_result_t *result, const char **why)
 }
 
 
+static int
+decode_batch(const char *resp, size_t n, rl_check_result_t *results,
+    long long *now_ms, const char **why)
+{
+    int          rc;
+    redisReply  *reply;
+    static char  message[256];
+
+    reply = parse(resp);
+    rc = rl_reply_decode_batch(reply, n, results, now_ms, why);
+
+    snprintf(message, sizeof(message), "%s", *why ? *why : "");
+    *why = message;
+
+    if (reply) {
+        freeReplyObject(reply);
+    }
+
+    return rc;
+}
+
+
+static int
+decode_refund(const char *resp, long long *now_ms, const char **why)
+{
+    int          rc;
+    redisReply  *reply;
+    static char  message[256];
+
+    reply = parse(resp);
+    rc = rl_reply_decode_refund(reply, now_ms, why);
+
+    snprintf(message, sizeof(message), "%s", *why ? *why : "");
+    *why = message;
+
+    if (reply) {
+        freeReplyObject(reply);
+    }
+
+    return rc;
+}
+
+
+/* the RESP of an array of the integers v[0 .. n-1] */
+
+static char *
+resp_ints(const long long *v, size_t n)
+{
+    char    *buf, *p;
+    size_t   i;
+
+    buf = malloc(32 * (n + 1));
+
+    if (buf == NULL) {
+        return NULL;
+    }
+
+    p = buf + sprintf(buf, "*%zu\r\n", n);
+
+    for (i = 0; i < n; i++) {
+        p += sprintf(p, ":%lld\r\n", v[i]);
+    }
+
+    return buf;
+}
+
+
+/* n checks allowed, check i with remaining i, reset 1000 + i, t 1 + i */
+
+static int
+batch_of(size_t n, size_t elements, long long now, rl_check_result_t *res)
+{
+    int          rc;
+    char        *resp;
+    size_t       i;
+    long long    v[5 * 1100 + 1], got;
+    const char  *why = NULL;
+
+    for (i = 0; i < n; i++) {
+        v[5 * i] = 1;
+        v[5 * i + 1] = (long long) i;
+        v[5 * i + 2] = 0;
+        v[5 * i + 3] = 1000 + (long long) i;
+        v[5 * i + 4] = 1 + (long long) i;
+    }
+
+    v[5 * n] = now;
+
+    resp = resp_ints(v, elements);
+
+    if (resp == NULL) {
+        return -1;
+    }
+
+    rc = decode_batch(resp, n, res, &got, &why);
+    free(resp);
+
+    if (rc == RL_REPLY_OK && got != now) {
+        return -1;
+    }
+
+    return rc;
+}
+
+
 int
 main(void)
 {
+    size_t              i;
+    long long           now;
     const char         *why = NULL;
-    rl_check_result_t   r;
+    rl_check_result_t   r, b[1100];
 
-    printf("1..26\n");
+    printf("1..76\n");
 
     memset(&r, 0, sizeof(r));
     ok(decode("*4\r\n:1\r\n:99\r\n:0\r\n:600\r\n", &r, &why) == RL_REPLY_OK,
@@ -132,6 +240,157 @@ main(void)
        "a status reply is malformed");
     ok(decode("$-1\r\n", &r, &why) == RL_REPLY_MALFORMED,
        "a nil reply is malformed");
+
+    ok(decode("*4\r\n:1\r\n:7\r\n:0\r\n:10\r\n", &r, &why) == RL_REPLY_OK
+       && r.t_ms == -1, "the old reply says no t");
+
+    /* check.lua: 5 per check, then the clock */
+
+    memset(b, 0, sizeof(b));
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":1764340000123\r\n", 1, b, &now, &why) == RL_REPLY_OK,
+       "batch: one allowed check decodes");
+    ok(b[0].allowed == 1 && b[0].remaining == 4 && b[0].retry_after_ms == 0
+       && b[0].reset_ms == 600 && b[0].t_ms == 400,
+       "batch: its five numbers");
+    ok(now == 1764340000123LL && b[0].now_ms == 1764340000123LL,
+       "batch: the clock, in the call's and the check's");
+
+    ok(decode_batch("*16\r\n"
+                    ":1\r\n:9\r\n:0\r\n:100\r\n:100\r\n"
+                    ":0\r\n:3\r\n:1500\r\n:60000\r\n:1500\r\n"
+                    ":-1\r\n:0\r\n:0\r\n:0\r\n:0\r\n"
+                    ":42\r\n", 3, b, &now, &why) == RL_REPLY_OK,
+       "batch: allowed, denied, not run: decodes");
+    ok(b[1].allowed == 0 && b[1].remaining == 3 && b[1].retry_after_ms == 1500
+       && b[1].reset_ms == 60000 && b[1].t_ms == 1500,
+       "batch: the denied check's numbers (remaining may be > 0)");
+    ok(b[2].allowed == -1, "batch: a check not run is -1, no error");
+    ok(b[0].remaining == 9 && b[0].now_ms == 42 && b[1].now_ms == 42
+       && b[2].now_ms == 42 && now == 42,
+       "batch: every check gets the clock");
+    ok(decode_batch("*6\r\n:-1\r\n:5\r\n:5\r\n:5\r\n:5\r\n:1\r\n", 1,
+                    b, &now, &why) == RL_REPLY_OK && b[0].allowed == -1,
+       "batch: what a check not run says beside -1 is not judged");
+
+    ok(decode_batch("-NOSCRIPT No matching script. Please use EVAL.\r\n", 2,
+                    b, &now, &why) == RL_REPLY_NOSCRIPT,
+       "batch: NOSCRIPT is told apart");
+    ok(decode_batch("-ERR ratelimit: bad limit (check 3)\r\n", 3, b, &now,
+                    &why) == RL_REPLY_ERROR
+       && strcmp(why, "ERR ratelimit: bad limit (check 3)") == 0,
+       "batch: other errors carry Redis' message");
+    ok(decode_batch("-WRONGTYPE Operation against a key\r\n", 1, b, &now,
+                    &why) == RL_REPLY_ERROR, "batch: WRONGTYPE is an error");
+    ok(decode_batch("-NOSCRIP\r\n", 1, b, &now, &why) == RL_REPLY_ERROR,
+       "batch: NOSCRIP is not NOSCRIPT");
+
+    ok(rl_reply_decode_batch(NULL, 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: no reply is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n:1\r\n", 2,
+                    b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: 6 elements for 2 checks are malformed");
+    ok(decode_batch("*5\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n", 1,
+                    b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: without the clock malformed");
+    ok(decode_batch("*7\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n:1\r\n"
+                    ":1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: one element more is malformed");
+    ok(decode_batch("*1\r\n:1\r\n", 0, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: 0 checks are malformed");
+    ok(decode_batch("+OK\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a status reply is malformed");
+    ok(decode_batch("$-1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a nil reply is malformed");
+    ok(decode_batch(":1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: an integer reply is malformed");
+    ok(decode_batch("*6\r\n:1\r\n$1\r\n4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a string element is malformed");
+    ok(decode_batch("*6\r\n:1\r\n*1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: an array element is malformed");
+    ok(decode_batch("*6\r\n:1\r\n$-1\r\n:0\r\n:600\r\n:400\r\n"
+                    ":1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a nil element is malformed");
+    ok(decode_batch("*6\r\n:2\r\n:4\r\n:0\r\n:600\r\n:400\r\n:1\r\n", 1,
+                    b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: allowed 2 is malformed");
+    ok(decode_batch("*6\r\n:-2\r\n:0\r\n:0\r\n:0\r\n:0\r\n:1\r\n", 1,
+                    b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: allowed -2 is malformed");
+    ok(decode_batch("*11\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":3\r\n:4\r\n:0\r\n:600\r\n:400\r\n:1\r\n", 2,
+                    b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: allowed 3 in the second check is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:-4\r\n:0\r\n:600\r\n:400\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: negative remaining is malformed");
+    ok(decode_batch("*6\r\n:0\r\n:0\r\n:-5\r\n:600\r\n:400\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a negative retry is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:-600\r\n:400\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a negative reset is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:600\r\n:-400\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a negative t is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n:-1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a negative clock is malformed (-1 is only for allowed)");
+    ok(decode_batch("*6\r\n:-1\r\n:-1\r\n:0\r\n:0\r\n:0\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: -1 in remaining is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:7\r\n:600\r\n:400\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: allowed with a retry time is malformed");
+    ok(decode_batch("*6\r\n:0\r\n:0\r\n:0\r\n:600\r\n:400\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: denied without a retry time is malformed");
+    ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:600\r\n:0\r\n:1\r\n",
+                    1, b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: a check run with t 0 is malformed");
+
+    ok(batch_of(1024, 5 * 1024 + 1, 7, b) == RL_REPLY_OK,
+       "batch: 1024 checks decode");
+    for (i = 0; i < 1024; i++) {
+        if (b[i].allowed != 1 || b[i].remaining != (long long) i
+            || b[i].reset_ms != 1000 + (long long) i
+            || b[i].t_ms != 1 + (long long) i || b[i].now_ms != 7)
+        {
+            break;
+        }
+    }
+    ok(i == 1024, "batch: each of the 1024 in its place");
+    ok(batch_of(1025, 5 * 1025 + 1, 7, b) == RL_REPLY_MALFORMED,
+       "batch: 1025 checks are more than a call has");
+    ok(batch_of(3, 5 * 3, 7, b) == RL_REPLY_MALFORMED,
+       "batch: 3 checks without the clock are malformed");
+
+    /* refund.lua: {refunded, now_ms} */
+
+    now = 0;
+    ok(decode_refund("*2\r\n:1\r\n:1764340000123\r\n", &now, &why)
+       == RL_REPLY_OK && now == 1764340000123LL, "refund: decodes the clock");
+    ok(decode_refund("*2\r\n:0\r\n:5\r\n", &now, &why) == RL_REPLY_OK
+       && now == 5, "refund: nothing given back is no error");
+    ok(decode_refund("-NOSCRIPT No matching script.\r\n", &now, &why)
+       == RL_REPLY_NOSCRIPT, "refund: NOSCRIPT");
+    ok(decode_refund("-ERR ratelimit: bad cost (check 1)\r\n", &now, &why)
+       == RL_REPLY_ERROR && strcmp(why, "ERR ratelimit: bad cost (check 1)")
+       == 0, "refund: errors carry Redis' message");
+    ok(rl_reply_decode_refund(NULL, &now, &why) == RL_REPLY_MALFORMED,
+       "refund: no reply is malformed");
+    ok(decode_refund("*1\r\n:1\r\n", &now, &why) == RL_REPLY_MALFORMED,
+       "refund: one element is malformed");
+    ok(decode_refund("*3\r\n:1\r\n:1\r\n:1\r\n", &now, &why)
+       == RL_REPLY_MALFORMED, "refund: three elements are malformed");
+    ok(decode_refund("*2\r\n:-1\r\n:1\r\n", &now, &why)
+       == RL_REPLY_MALFORMED, "refund: a negative count is malformed");
+    ok(decode_refund("*2\r\n:1\r\n$2\r\n12\r\n", &now, &why)
+       == RL_REPLY_MALFORMED, "refund: a string clock is malformed");
+    ok(decode_refund("+OK\r\n", &now, &why) == RL_REPLY_MALFORMED,
+       "refund: a status reply is malformed");
 
     ok(rl_retry_after_seconds(1) == 1, "Retry-After: 1 ms is 1 s");
     ok(rl_retry_after_seconds(0) == 1, "Retry-After: never 0");
