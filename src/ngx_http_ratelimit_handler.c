@@ -7,13 +7,27 @@
  * auth_request refuse costs no Redis call and no quota, under "satisfy all"
  * and "satisfy any" alike, and a key set by auth_request_set is known.
  *
- * The handler picks the caller's key and the customer whose rule applies.
- * The rule comes from the zone's rule cache, or, the first time, from Redis
- * (one HGET, then cached).  A key the deny cache knows to be over its limit
- * is denied at once.  Otherwise the handler finds the key's shard on the
- * ring, queues an EVALSHA of the limiter script and suspends the request.
- * The reply (or the timeout, or the loss of the connection) resumes it; the
- * handler then runs again and returns the decision it recorded.
+ * A request is checked against each policy of its location ("ratelimit"
+ * lines), all or nothing: it passes only if every enforced policy allows,
+ * and a request any policy denies consumes nothing from any of them.
+ *
+ *   1. Each check finds its caller's key, its cost, and the rule in force
+ *      for its customer and policy: from the zone's rule cache or, the
+ *      first time, from a live shard (one HGET or HMGET, then cached).
+ *   2. A check the deny cache knows to be over its limit denies the request
+ *      at once.  The others are grouped by the shard their key lives on.
+ *   3. The groups go out one after the other, in the ring's order of their
+ *      shards, each as ONE call of lua/check.lua that decides all its
+ *      checks atomically and takes nothing unless all of them allow.  A
+ *      group that denies ends the request; what earlier groups took is
+ *      given back (lua/refund.lua).  One group at a time is what makes the
+ *      outcome exact: a request only ever holds quota on shards whose
+ *      policies all allowed it, so concurrent requests can be refused by
+ *      what it holds only until it is given back, never let through.
+ *
+ * The request is suspended while a lookup or a group is in flight; the
+ * reply (or the timeout, or the loss of the connection) moves it on, and
+ * once decided the handler runs again and returns the verdict.
  */
 
 
@@ -36,21 +50,28 @@
 #define NGX_HTTP_RATELIMIT_REJECTED          5   /* the worst, last */
 
 
-/* the most limits one request is checked against */
-#define NGX_HTTP_RATELIMIT_MAX_CHECKS  16
+/* the values lua/check.lua takes per check, after its key */
+#define NGX_HTTP_RATELIMIT_CHECK_ARGS        7
+/* and lua/refund.lua */
+#define NGX_HTTP_RATELIMIT_REFUND_ARGS       5
 
 
 typedef struct ngx_http_ratelimit_ctx_s  ngx_http_ratelimit_ctx_t;
 
 
-/* one limit a request is checked against, with its own state */
+/* one policy a request is checked against */
 typedef struct {
     ngx_http_ratelimit_ctx_t          *ctx;        /* the request's */
+    ngx_http_ratelimit_policy_t       *policy;
+    ngx_uint_t                         cost;
 
     ngx_str_t                          caller;     /* the limiting value */
     ngx_str_t                         *key_name;   /* which value it is */
     ngx_str_t                          customer;   /* whose rule applies */
     rl_limit_t                         rule;       /* the limit in force */
+
+    size_t                             field_len;  /* of its rule, cached */
+    u_char                             field[NGX_HTTP_RATELIMIT_MAX_RULE_FIELD];
 
     size_t                             key_len;
     u_char                             key[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY];
@@ -60,21 +81,33 @@ typedef struct {
     u_char                             limit_id[NGX_HTTP_RATELIMIT_MAX_REDIS_KEY
                                                 + 2 * NGX_INT64_LEN];
 
+    ngx_uint_t                         shard;
     ngx_http_ratelimit_conn_t         *conn;
-    ngx_http_ratelimit_slot_t         *slot;       /* a command in flight */
     ngx_http_ratelimit_health_t       *health;
-    int64_t                            deadline;   /* shard's clock, ms */
+    ngx_http_ratelimit_slot_t         *slot;       /* its rule lookup */
 
-    ngx_int_t                          rc;         /* DECLINED: passed */
     ngx_uint_t                         status;     /* NGX_HTTP_RATELIMIT_* */
-    long long                          remaining;  /* -1: not known */
+    rl_check_result_t                  result;     /* when has_result */
 
-    unsigned                           pending:1;  /* waits for a shard */
-    unsigned                           eval:1;     /* resent after NOSCRIPT */
+    unsigned                           dry_run:1;
+    unsigned                           limits:1;   /* a caller was found */
+    unsigned                           active:1;   /* still to be decided */
+    unsigned                           has_result:1;
+    unsigned                           taken:1;    /* Redis counted it */
 } ngx_http_ratelimit_check_t;
 
 
-/* the request's: its checks, settled one by one, and the one timeout */
+/* the checks bound for one shard: one script call */
+typedef struct {
+    ngx_http_ratelimit_conn_t         *conn;
+    ngx_http_ratelimit_health_t       *health;
+    ngx_http_ratelimit_check_t       **checks;     /* in ctx->order */
+    ngx_uint_t                         nchecks;
+    long long                          taken_at;   /* shard's ms, 0: not */
+    unsigned                           eval:1;     /* resent after NOSCRIPT */
+} ngx_http_ratelimit_group_t;
+
+
 struct ngx_http_ratelimit_ctx_s {
     ngx_http_request_t                *request;
     ngx_http_ratelimit_loc_conf_t     *conf;
@@ -83,11 +116,28 @@ struct ngx_http_ratelimit_ctx_s {
     ngx_msec_t                         timeout;
     ngx_event_t                        timer;
 
-    ngx_http_ratelimit_check_t        *checks;
+    ngx_http_ratelimit_check_t        *checks;     /* the location's order */
     ngx_uint_t                         nchecks;
-    ngx_uint_t                         pending;    /* checks still waiting */
+    ngx_uint_t                         lookups;    /* rules still asked for */
+
+    ngx_http_ratelimit_check_t        *order[NGX_HTTP_RATELIMIT_MAX_POLICIES];
+    ngx_http_ratelimit_group_t         groups[NGX_HTTP_RATELIMIT_MAX_POLICIES];
+    ngx_uint_t                         ngroups;
+    ngx_uint_t                         current;    /* the group in flight */
+    ngx_http_ratelimit_slot_t         *slot;       /* its command */
+    unsigned                           in_flight:1; /* until decided */
+
+    ngx_msec_t                         closed_retry;
 
     ngx_int_t                          rc;         /* the verdict */
+
+    unsigned                           planned:1;
+    unsigned                           denied:1;   /* a policy refused */
+    unsigned                           closed:1;   /* failing closed */
+    unsigned                           error:1;
+    unsigned                           done:1;
+    unsigned                           waiting:1;  /* the request is parked */
+    unsigned                           answered:1; /* problem details sent */
 };
 
 
@@ -95,6 +145,15 @@ typedef struct {
     ngx_str_t                          body;
     u_char                             sha1[40];
 } ngx_http_ratelimit_script_t;
+
+
+/* a script call being built: its arguments, and room for their numbers */
+typedef struct {
+    const char                       **argv;
+    size_t                            *argvlen;
+    ngx_uint_t                         argc;
+    u_char                            *last;       /* room for numbers */
+} ngx_http_ratelimit_args_t;
 
 
 /*
@@ -113,39 +172,56 @@ typedef struct {
 } ngx_http_ratelimit_trail_t;
 
 
+static ngx_int_t ngx_http_ratelimit_prepare(ngx_http_ratelimit_check_t *check,
+    ngx_http_ratelimit_use_t *use);
+static ngx_int_t ngx_http_ratelimit_cost(ngx_http_ratelimit_check_t *check,
+    ngx_http_ratelimit_use_t *use);
+static ngx_int_t ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_find_rule(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_rule_reply(void *data, redisReply *reply);
+static ngx_uint_t ngx_http_ratelimit_stored_rule(
+    ngx_http_ratelimit_check_t *check, redisReply *reply, rl_limit_t *rule);
+static void ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
+    rl_limit_t *rule);
+static void ngx_http_ratelimit_advance(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check);
+static ngx_int_t ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_group_reply(void *data, redisReply *reply);
+static void ngx_http_ratelimit_group_decided(ngx_http_ratelimit_ctx_t *ctx,
+    rl_check_result_t *results, long long now_ms);
+static void ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
+    const char *reason);
+static void ngx_http_ratelimit_lost(ngx_http_ratelimit_ctx_t *ctx,
+    ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
+static void ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
+    const char *reason);
+static void ngx_http_ratelimit_denial(ngx_http_ratelimit_check_t *check,
+    ngx_uint_t from_redis);
+static void ngx_http_ratelimit_finish(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_give_back(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_refund_reply(void *data, redisReply *reply);
+static ngx_int_t ngx_http_ratelimit_args_init(ngx_http_ratelimit_args_t *args,
+    ngx_pool_t *pool, ngx_uint_t n, ngx_uint_t numbers);
+static void ngx_http_ratelimit_args_string(ngx_http_ratelimit_args_t *args,
+    const char *s, size_t len);
+static void ngx_http_ratelimit_args_number(ngx_http_ratelimit_args_t *args,
+    int64_t n);
+static ngx_int_t ngx_http_ratelimit_verdict(ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_headers(ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_problem(ngx_http_ratelimit_ctx_t *ctx);
+static void ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_http_ratelimit_trail_t *ngx_http_ratelimit_trail(
     ngx_http_request_t *r, ngx_uint_t create);
 static void ngx_http_ratelimit_trail_cleanup(void *data);
 static ngx_uint_t ngx_http_ratelimit_trail_seen(
     ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_start(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_settle(ngx_http_ratelimit_check_t *check,
-    ngx_int_t rc);
-static void ngx_http_ratelimit_suspend(ngx_http_ratelimit_check_t *check);
-static ngx_int_t ngx_http_ratelimit_verdict(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_record(ngx_http_ratelimit_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_status_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
-static ngx_int_t ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_rule_reply(void *data, redisReply *reply);
-static void ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
-    rl_limit_t *rule);
-static void ngx_http_ratelimit_evaluate(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check);
-static ngx_int_t ngx_http_ratelimit_send(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_check_reply(void *data, redisReply *reply);
-static void ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
-static void ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx);
-static ngx_int_t ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
-    rl_check_result_t *result, ngx_uint_t from_redis);
-static ngx_int_t ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
-    const char *reason);
 static ngx_int_t ngx_http_ratelimit_add_header(ngx_http_request_t *r,
     const char *name, u_char *value, u_char *last);
-static ngx_int_t ngx_http_ratelimit_add_headers(
-    ngx_http_ratelimit_check_t *check, rl_check_result_t *result);
 static u_char *ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data,
     size_t len, size_t *escaped);
 static void ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn,
@@ -153,7 +229,7 @@ static void ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn,
 static int64_t ngx_http_ratelimit_local_ms(void);
 static void ngx_http_ratelimit_cleanup(void *data);
 static ngx_http_ratelimit_script_t *ngx_http_ratelimit_script(
-    ngx_uint_t algorithm);
+    ngx_http_ratelimit_script_t *script);
 
 
 /*
@@ -173,24 +249,21 @@ static ngx_http_ratelimit_script_t *ngx_http_ratelimit_script(
     ngx_http_ratelimit_stringify(RL_RULE_MAX_WINDOW) " * 1000\n"
 
 
-/* indexed by RL_RULE_ALGORITHM_* */
+static ngx_http_ratelimit_script_t  ngx_http_ratelimit_check_script = {
+    ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS NGX_HTTP_RATELIMIT_LUA_CHECK), ""
+};
 
-static ngx_http_ratelimit_script_t  ngx_http_ratelimit_scripts[] = {
-    { ngx_null_string, "" },
-    { ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS
-                 NGX_HTTP_RATELIMIT_LUA_TOKEN_BUCKET), "" },
-    { ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS
-                 NGX_HTTP_RATELIMIT_LUA_SLIDING_WINDOW), "" }
+static ngx_http_ratelimit_script_t  ngx_http_ratelimit_refund_script = {
+    ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS NGX_HTTP_RATELIMIT_LUA_REFUND), ""
 };
 
 
-static const char  *ngx_http_ratelimit_prefixes[] = {
-    "", "rl:tb:", "rl:sw:"
+/* indexed by RL_RULE_ALGORITHM_*: in Redis keys and in script arguments */
+static ngx_str_t  ngx_http_ratelimit_algorithm_ids[] = {
+    ngx_null_string,
+    ngx_string("tb"),
+    ngx_string("sw")
 };
-
-
-/* the location's unnamed limit, as headers, logs and variables name it */
-static ngx_str_t  ngx_http_ratelimit_default_policy = ngx_string("default");
 
 
 /* indexed by NGX_HTTP_RATELIMIT_* statuses */
@@ -228,6 +301,7 @@ static ngx_http_variable_t  ngx_http_ratelimit_vars[] = {
 
 /* request-time complaints: at most one line a second per worker */
 static ngx_msec_t  ngx_http_ratelimit_logged_at;
+static ngx_msec_t  ngx_http_ratelimit_refund_logged_at;
 
 /*
  * Set while this worker drops the connection to a stalled shard: the shard
@@ -241,9 +315,11 @@ static ngx_uint_t  ngx_http_ratelimit_dropping_stalled;
 ngx_int_t
 ngx_http_ratelimit_handler(ngx_http_request_t *r)
 {
+    ngx_int_t                        rc;
     ngx_uint_t                       i;
     ngx_pool_cleanup_t              *cln;
     ngx_http_ratelimit_ctx_t        *ctx;
+    ngx_http_ratelimit_use_t        *use;
     ngx_http_ratelimit_check_t      *check;
     ngx_http_ratelimit_loc_conf_t   *rlcf;
     ngx_http_ratelimit_main_conf_t  *rmcf;
@@ -256,184 +332,1696 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
 
     rlcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module);
 
-    if (rlcf->keys == NULL) {
+    if (rlcf->uses == NULL) {
         return NGX_DECLINED;
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
 
-    if (ctx) {
-        return ctx->pending ? NGX_AGAIN : ctx->rc;
-    }
-
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_ratelimit_ctx_t));
     if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_ratelimit_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-    rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
+        rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
 
-    ctx->request = r;
-    ctx->conf = rlcf;
-    ctx->zone = rmcf->shm_zone->data;
-    ctx->timeout = rmcf->timeout;
-    ctx->epoch = ctx->zone->sh->epoch;
-    ctx->rc = NGX_DECLINED;
+        ctx->request = r;
+        ctx->conf = rlcf;
+        ctx->zone = rmcf->shm_zone->data;
+        ctx->timeout = rmcf->timeout;
+        ctx->epoch = ctx->zone->sh->epoch;
+        ctx->rc = NGX_DECLINED;
 
-    ctx->timer.handler = ngx_http_ratelimit_timeout;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
+        ctx->timer.handler = ngx_http_ratelimit_timeout;
+        ctx->timer.data = ctx;
+        ctx->timer.log = r->connection->log;
 
-    /* the location's one limit; named policies will add theirs here */
+        ctx->nchecks = rlcf->uses->nelts;
+        ctx->checks = ngx_pcalloc(r->pool, ctx->nchecks
+                                           * sizeof(ngx_http_ratelimit_check_t));
+        if (ctx->checks == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-    ctx->nchecks = 1;
-    ctx->checks = ngx_pcalloc(r->pool,
-                              ctx->nchecks * sizeof(ngx_http_ratelimit_check_t));
-    if (ctx->checks == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
 
-    ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
+        /* a reply may come after the request is gone: it must find nobody */
 
-    /* a reply may come after the request is gone: it must find nobody */
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        cln->handler = ngx_http_ratelimit_cleanup;
+        cln->data = ctx;
 
-    cln->handler = ngx_http_ratelimit_cleanup;
-    cln->data = ctx;
+        use = rlcf->uses->elts;
 
-    for (i = 0; i < ctx->nchecks; i++) {
-        check = &ctx->checks[i];
-        check->ctx = ctx;
-        check->rc = NGX_DECLINED;
-        check->remaining = -1;
+        for (i = 0; i < ctx->nchecks; i++) {
+            check = &ctx->checks[i];
+            check->ctx = ctx;
 
-        ngx_http_ratelimit_start(check);
-    }
+            switch (ngx_http_ratelimit_prepare(check, &use[i])) {
 
-    if (ctx->pending) {
-        ngx_add_timer(&ctx->timer, ctx->timeout);
+            case NGX_OK:
+                check->limits = 1;
+                check->active = 1;
+                ngx_http_ratelimit_find_rule(check);
+                break;
 
-        r->read_event_handler = ngx_http_test_reading;
-        r->write_event_handler = ngx_http_request_empty_handler;
+            case NGX_DECLINED:
+                break;
 
+            default:
+                ctx->error = 1;
+            }
+
+            if (ctx->error) {
+                break;
+            }
+        }
+
+        ngx_http_ratelimit_advance(ctx);
+
+        if (!ctx->done) {
+            ctx->waiting = 1;
+
+            r->read_event_handler = ngx_http_test_reading;
+            r->write_event_handler = ngx_http_request_empty_handler;
+
+            return NGX_AGAIN;
+        }
+
+    } else if (!ctx->done) {
         return NGX_AGAIN;
     }
 
-    ctx->rc = ngx_http_ratelimit_verdict(ctx);
-    ngx_http_ratelimit_record(ctx);
+    if (ctx->rc == (ngx_int_t) ctx->conf->status && ctx->denied
+        && ctx->conf->problem_details && !ctx->answered)
+    {
+        /* the problem details are the answer: the phases end here */
+
+        ctx->answered = 1;
+
+        rc = ngx_http_ratelimit_problem(ctx);
+        ngx_http_finalize_request(r, rc);
+
+        return NGX_DONE;
+    }
 
     return ctx->rc;
 }
 
 
 /*
- * A check's first steps: its key, its rule from the cache (or a lookup),
- * then the check itself.  It either settles at once or is left pending.
+ * A check's policy, cost, caller and customer: NGX_OK, NGX_DECLINED when
+ * it does not limit this request (every key empty), NGX_ERROR for a 500.
  */
 
-static void
-ngx_http_ratelimit_start(ngx_http_ratelimit_check_t *check)
-{
-    rl_limit_t                      rule;
-    ngx_http_ratelimit_ctx_t       *ctx;
-    ngx_http_ratelimit_loc_conf_t  *rlcf;
-
-    ctx = check->ctx;
-    rlcf = ctx->conf;
-
-    switch (ngx_http_ratelimit_caller(check)) {
-
-    case NGX_OK:
-        break;
-
-    case NGX_DECLINED:
-        ngx_http_ratelimit_settle(check, NGX_DECLINED);
-        return;
-
-    default:
-        ngx_http_ratelimit_settle(check, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    check->rule.limit = rlcf->limit;
-    check->rule.window = rlcf->window;
-    check->rule.algorithm = rlcf->algorithm;
-
-    if (check->customer.len > 0
-        && check->customer.len <= RL_RULE_MAX_CUSTOMER_ID)
-    {
-        if (ngx_http_ratelimit_rule_cache_get(ctx->zone, check->customer.data,
-                                              check->customer.len, &rule)
-            == NGX_DECLINED)
-        {
-            ngx_http_ratelimit_lookup_rule(check);
-            return;
-        }
-
-        ngx_http_ratelimit_apply_rule(check, &rule);
-    }
-
-    ngx_http_ratelimit_evaluate(check);
-}
-
-
-/*
- * A check is decided: rc is NGX_DECLINED (passed) or a status.  The last
- * one of a suspended request resumes it.
- */
-
-static void
-ngx_http_ratelimit_settle(ngx_http_ratelimit_check_t *check, ngx_int_t rc)
+static ngx_int_t
+ngx_http_ratelimit_prepare(ngx_http_ratelimit_check_t *check,
+    ngx_http_ratelimit_use_t *use)
 {
     ngx_http_ratelimit_ctx_t  *ctx;
 
     ctx = check->ctx;
 
-    check->rc = rc;
-    check->slot = NULL;
+    check->policy = use->policy ? use->policy : &ctx->conf->unnamed;
+    check->dry_run = use->dry_run || ctx->conf->dry_run;
 
-    if (!check->pending) {
+    if (ngx_http_ratelimit_cost(check, use) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    check->rule.limit = check->policy->limit;
+    check->rule.window = check->policy->window;
+    check->rule.algorithm = check->policy->algorithm;
+
+    return ngx_http_ratelimit_caller(check);
+}
+
+
+/* "cost=N" or "cost=$variable": a variable must give a whole number */
+
+static ngx_int_t
+ngx_http_ratelimit_cost(ngx_http_ratelimit_check_t *check,
+    ngx_http_ratelimit_use_t *use)
+{
+    u_char              *escaped;
+    size_t               len;
+    ngx_int_t            n;
+    ngx_str_t            value;
+    ngx_http_request_t  *r;
+
+    if (use->cost == NULL) {
+        check->cost = use->cost_value;
+        return NGX_OK;
+    }
+
+    r = check->ctx->request;
+
+    if (ngx_http_complex_value(r, use->cost, &value) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    n = ngx_atoi(value.data, value.len);
+
+    if (n == NGX_ERROR || n > RL_RULE_MAX_LIMIT) {
+        escaped = ngx_http_ratelimit_escape(r, value.data,
+                                            ngx_min(value.len, 64), &len);
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ratelimit: cost \"%*s\" of policy \"%V\" is not a "
+                      "whole number from 0 to %d",
+                      len, escaped, &check->policy->name, RL_RULE_MAX_LIMIT);
+        return NGX_ERROR;
+    }
+
+    check->cost = n;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The caller is the first non-empty value of the policy's keys; the
+ * customer, whose rule applies, is the policy's customer value, or else
+ * the caller.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check)
+{
+    ngx_uint_t                    i;
+    ngx_str_t                    *names;
+    ngx_http_request_t           *r;
+    ngx_http_complex_value_t     *cv;
+    ngx_http_ratelimit_policy_t  *policy;
+
+    r = check->ctx->request;
+    policy = check->policy;
+
+    cv = policy->keys->elts;
+    names = policy->key_names->elts;
+
+    for (i = 0; i < policy->keys->nelts; i++) {
+        if (ngx_http_complex_value(r, &cv[i], &check->caller) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (check->caller.len) {
+            check->key_name = &names[i];
+            break;
+        }
+    }
+
+    if (check->caller.len == 0) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "ratelimit: every key of policy \"%V\" is empty, "
+                       "not limited", &policy->name);
+        return NGX_DECLINED;
+    }
+
+    check->customer = check->caller;
+
+    if (policy->customer) {
+        if (ngx_http_complex_value(r, policy->customer, &check->customer)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (check->customer.len == 0) {
+            check->customer = check->caller;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The rule in force for the customer under this policy: the policy's own
+ * rule for the customer, else the customer's rule for every policy, else
+ * the policy's default.  The cache keeps what applies, per customer and
+ * policy; a miss asks a live shard (all hold every rule).
+ */
+
+static void
+ngx_http_ratelimit_find_rule(ngx_http_ratelimit_check_t *check)
+{
+    ngx_int_t                  shard;
+    ngx_uint_t                 tried, argc;
+    rl_limit_t                 rule;
+    ngx_str_t                 *policy;
+    const char                *argv[4];
+    size_t                     argvlen[4];
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+
+    if (check->customer.len > RL_RULE_MAX_CUSTOMER_ID) {
+        return;                 /* no rule can name it: the default */
+    }
+
+    policy = check->policy->named ? &check->policy->name : NULL;
+
+    check->field_len = ngx_http_ratelimit_rules_field(check->field,
+                                                      &check->customer,
+                                                      policy);
+
+    if (ngx_http_ratelimit_rule_cache_get(ctx->zone, check->field,
+                                          check->field_len, &rule)
+        == NGX_OK)
+    {
+        ngx_http_ratelimit_apply_rule(check, &rule);
         return;
     }
 
-    check->pending = 0;
+    tried = 0;
+    shard = ngx_http_ratelimit_ring_next_live(ctx->zone->ring,
+                                              check->customer.data,
+                                              check->customer.len, &tried);
 
-    if (--ctx->pending == 0) {
+    if (shard == NGX_ERROR) {
+        ngx_http_ratelimit_failed(check, "every shard is down");
+        return;
+    }
+
+    check->health = &ctx->zone->ring->health[shard];
+    check->conn = ngx_http_ratelimit_redis_conn(shard);
+
+    argc = ngx_http_ratelimit_rules_lookup(argv, argvlen, &check->customer,
+                                           policy, check->field);
+
+    check->slot = ngx_http_ratelimit_redis_send(check->conn, argc, argv,
+                                                argvlen,
+                                                ngx_http_ratelimit_rule_reply,
+                                                check);
+    if (check->slot == NULL) {
+        ngx_http_ratelimit_failed(check, "shard is unreachable");
+        return;
+    }
+
+    ngx_http_ratelimit_count(rule_lookups, 1);
+
+    if (ctx->lookups++ == 0) {
+        ngx_add_timer(&ctx->timer, ctx->timeout);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_rule_reply(void *data, redisReply *reply)
+{
+    ngx_http_ratelimit_check_t *check = data;
+
+    ngx_uint_t                 found;
+    rl_limit_t                 rule;
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+    check->slot = NULL;
+
+    if (reply == NULL) {
+        ngx_http_ratelimit_lost(ctx, check);
+        return;
+    }
+
+    ngx_memzero(&rule, sizeof(rl_limit_t));
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+
+        /* HMGET: the policy's own rule first */
+
+        found = ngx_http_ratelimit_stored_rule(check, reply->element[1], &rule);
+
+        if (found == 0) {
+            found = ngx_http_ratelimit_stored_rule(check, reply->element[0],
+                                                   &rule);
+        }
+
+    } else {
+        found = ngx_http_ratelimit_stored_rule(check, reply, &rule);
+    }
+
+    if (found == (ngx_uint_t) NGX_ERROR) {
+        ngx_http_ratelimit_failed(check, "rule lookup failed");
+
+    } else {
+        ngx_http_ratelimit_rule_cache_put(ctx->zone, check->field,
+                                          check->field_len, &rule, ctx->epoch);
+        ngx_http_ratelimit_apply_rule(check, &rule);
+    }
+
+    if (--ctx->lookups == 0) {
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
+        }
+
+        ngx_http_ratelimit_advance(ctx);
+    }
+}
+
+
+/*
+ * One stored value: 1 and *rule when it is a rule, 0 when there is none
+ * (absent, deleted, or garbled: logged, the default applies), NGX_ERROR
+ * when the reply is no answer to the lookup.
+ */
+
+static ngx_uint_t
+ngx_http_ratelimit_stored_rule(ngx_http_ratelimit_check_t *check,
+    redisReply *reply, rl_limit_t *rule)
+{
+    u_char                    *escaped;
+    size_t                     len;
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    if (reply->type == REDIS_REPLY_NIL) {
+        return 0;
+    }
+
+    if (reply->type != REDIS_REPLY_STRING) {
+        return (ngx_uint_t) NGX_ERROR;
+    }
+
+    switch (ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
+                                          rule, NULL))
+    {
+    case NGX_OK:
+        return 1;
+
+    case NGX_DECLINED:
+        ngx_memzero(rule, sizeof(rl_limit_t));
+        return 0;
+
+    default:
+        ctx = check->ctx;
+
+        escaped = ngx_http_ratelimit_escape(ctx->request, check->field,
+                                            check->field_len, &len);
+
+        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+                      "ratelimit: garbled rule \"%*s\" on shard %V, "
+                      "using the default", len, escaped,
+                      ngx_http_ratelimit_redis_name(check->conn));
+
+        ngx_memzero(rule, sizeof(rl_limit_t));
+        return 0;
+    }
+}
+
+
+/*
+ * A customer's rule over the policy's default: limit 0 is no rule,
+ * algorithm NONE the policy's.
+ */
+
+static void
+ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
+    rl_limit_t *rule)
+{
+    if (rule->limit) {
+        check->rule.limit = rule->limit;
+        check->rule.window = rule->window;
+    }
+
+    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
+        check->rule.algorithm = rule->algorithm;
+    }
+}
+
+
+/*
+ * Moves the request on as far as it goes without waiting: once every rule
+ * is known, the plan; then the groups, one at a time; then the verdict.
+ */
+
+static void
+ngx_http_ratelimit_advance(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    if (ctx->done) {
+        return;
+    }
+
+    for ( ;; ) {
+
+        if (ctx->error) {
+            break;
+        }
+
+        if (ctx->lookups || ctx->in_flight) {
+            return;
+        }
+
+        if (!ctx->planned) {
+            ctx->planned = 1;
+            ngx_http_ratelimit_plan(ctx);
+            continue;
+        }
+
+        if (ctx->denied || ctx->closed || ctx->current == ctx->ngroups) {
+            break;
+        }
+
+        if (ngx_http_ratelimit_send_group(ctx) == NGX_OK) {
+            return;
+        }
+
+        for (i = 0; i < ctx->groups[ctx->current].nchecks; i++) {
+            ngx_http_ratelimit_failed(ctx->groups[ctx->current].checks[i],
+                                      "shard is unreachable");
+        }
+
+        ctx->current++;
+    }
+
+    ngx_http_ratelimit_finish(ctx);
+}
+
+
+/*
+ * With every rule known: the keys; what the deny cache or a dead shard
+ * settles at once; the others grouped by shard, in the ring's order of the
+ * shards, the same for every request on every node.
+ */
+
+static void
+ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_uint_t                   i, j, n;
+    ngx_msec_t                   retry, reset;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_group_t  *group;
+
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
+
+        if (!check->active) {
+            continue;
+        }
+
+        ngx_http_ratelimit_key(check);
+
+        if (ngx_http_ratelimit_trail_seen(check)) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP,
+                           ctx->request->connection->log, 0,
+                           "ratelimit: checked against policy \"%V\" already",
+                           &check->policy->name);
+            check->active = 0;
+            continue;
+        }
+
+        /* the cache knows when one unit passes again: a cost of 0 or 1 */
+
+        if (check->cost <= 1
+            && ngx_http_ratelimit_deny_cache_get(ctx->zone, check->limit_id,
+                                                 check->limit_id_len,
+                                                 &retry, &reset)
+               == NGX_OK)
+        {
+            ngx_http_ratelimit_count(denied_cached, 1);
+
+            check->active = 0;
+            check->has_result = 1;
+            check->result.allowed = 0;
+            check->result.remaining = 0;
+            check->result.retry_after_ms = retry;
+            check->result.reset_ms = reset;
+            check->result.t_ms = retry;
+
+            ngx_http_ratelimit_denial(check, 0);
+        }
+    }
+
+    if (ctx->denied) {
+        return;
+    }
+
+    n = 0;
+
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
+
+        if (!check->active) {
+            continue;
+        }
+
+        check->shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring,
+                                                      check->key,
+                                                      check->key_len);
+
+        check->health = &ctx->zone->ring->health[check->shard];
+        check->conn = ngx_http_ratelimit_redis_conn(check->shard);
+
+#if (NGX_DEBUG)
+        if (ctx->request->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
+            u_char  *escaped;
+            size_t   len;
+
+            escaped = ngx_http_ratelimit_escape(ctx->request, check->key,
+                                                check->key_len, &len);
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log,
+                           0, "ratelimit: key \"%*s\" on shard %V", len,
+                           escaped, ngx_http_ratelimit_redis_name(check->conn));
+        }
+#endif
+
+        if (ngx_http_ratelimit_shard_admit(check->health)
+            == NGX_HTTP_RATELIMIT_SHARD_DOWN)
+        {
+            ngx_http_ratelimit_failed(check, "shard is down");
+            continue;
+        }
+
+        if (check->conn == NULL) {
+            ngx_http_ratelimit_failed(check, "no connection to the shard");
+            continue;
+        }
+
+        /* by shard, then in the location's order: an insertion sort */
+
+        for (j = n; j > 0 && ctx->order[j - 1]->shard > check->shard; j--) {
+            ctx->order[j] = ctx->order[j - 1];
+        }
+
+        ctx->order[j] = check;
+        n++;
+    }
+
+    if (ctx->closed) {
+        return;
+    }
+
+    for (i = 0; i < n; i++) {
+        check = ctx->order[i];
+
+        if (i == 0 || ctx->order[i - 1]->shard != check->shard) {
+            group = &ctx->groups[ctx->ngroups++];
+            group->conn = check->conn;
+            group->health = check->health;
+            group->checks = &ctx->order[i];
+        }
+
+        group->nchecks++;
+    }
+}
+
+
+/*
+ * The Redis key: "rl:<algorithm>:<name>:k:<caller>" for a location's
+ * unnamed policy, "rl:<algorithm>:@<policy>:<name>:k:<caller>" for a named
+ * one, or, for a caller too long to keep as it is, ":h:<SHA-1 of the caller
+ * in hex>" at the end.  <name> says which of the policy's values the caller
+ * is (the variable's name, as "http_x_user_id" or "remote_addr"): a user id
+ * that reads like an address never spends the quota of that address, and
+ * two policies never share a count ("@" starts no variable's name).
+ *
+ * The limit id adds what else decides (limit and window): a denial under
+ * one limit says nothing of the same key under another.
+ */
+
+static void
+ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check)
+{
+    u_char      *p;
+    ngx_str_t   *alg;
+    ngx_sha1_t   sha1;
+    u_char       digest[20];
+
+    alg = &ngx_http_ratelimit_algorithm_ids[check->rule.algorithm];
+
+    p = ngx_cpymem(check->key, "rl:", 3);
+    p = ngx_cpymem(p, alg->data, alg->len);
+    *p++ = ':';
+
+    if (check->policy->named) {
+        *p++ = '@';
+        p = ngx_cpymem(p, check->policy->name.data, check->policy->name.len);
+        *p++ = ':';
+    }
+
+    p = ngx_cpymem(p, check->key_name->data, check->key_name->len);
+    *p++ = ':';
+
+    if (check->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
+        *p++ = 'k';
+        *p++ = ':';
+        p = ngx_cpymem(p, check->caller.data, check->caller.len);
+
+    } else {
+        ngx_sha1_init(&sha1);
+        ngx_sha1_update(&sha1, check->caller.data, check->caller.len);
+        ngx_sha1_final(digest, &sha1);
+
+        *p++ = 'h';
+        *p++ = ':';
+        p = ngx_hex_dump(p, digest, sizeof(digest));
+    }
+
+    check->key_len = p - check->key;
+
+    p = ngx_cpymem(check->limit_id, check->key, check->key_len);
+    p = ngx_sprintf(p, "%Z%L%Z%L", check->rule.limit, check->rule.window);
+
+    check->limit_id_len = p - check->limit_id;
+}
+
+
+/*
+ * The current group as one call of lua/check.lua: its checks as one
+ * all-or-nothing group, with the request's deadline in the shard's clock.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx)
+{
+    int64_t                       deadline;
+    ngx_str_t                    *alg, dl;
+    ngx_uint_t                    i;
+    ngx_http_ratelimit_args_t     args;
+    ngx_http_ratelimit_check_t   *check;
+    ngx_http_ratelimit_group_t   *group;
+    ngx_http_ratelimit_script_t  *script;
+
+    group = &ctx->groups[ctx->current];
+    script = ngx_http_ratelimit_script(&ngx_http_ratelimit_check_script);
+
+    if (ngx_http_ratelimit_args_init(&args, ctx->request->pool,
+                             3 + group->nchecks
+                               * (1 + NGX_HTTP_RATELIMIT_CHECK_ARGS),
+                             2 + group->nchecks * 3)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (group->eval) {
+        ngx_http_ratelimit_args_string(&args, "EVAL", 4);
+        ngx_http_ratelimit_args_string(&args, (const char *) script->body.data,
+                                       script->body.len);
+
+    } else {
+        ngx_http_ratelimit_args_string(&args, "EVALSHA", 7);
+        ngx_http_ratelimit_args_string(&args, (const char *) script->sha1,
+                                       sizeof(script->sha1));
+    }
+
+    ngx_http_ratelimit_args_number(&args, group->nchecks);
+
+    for (i = 0; i < group->nchecks; i++) {
+        check = group->checks[i];
+        ngx_http_ratelimit_args_string(&args, (const char *) check->key,
+                                       check->key_len);
+    }
+
+    /*
+     * The deadline is this request's timeout in the shard's clock, as far
+     * as the shard's replies have told it (the offset is 0 until the first
+     * one: a clock far off costs that one check its fail path).
+     */
+
+    deadline = ngx_http_ratelimit_local_ms()
+               + *ngx_http_ratelimit_redis_clock_offset(group->conn)
+               + (int64_t) ctx->timeout;
+
+    /* one string for every check's deadline */
+
+    dl.data = args.last;
+    args.last = ngx_sprintf(args.last, "%L", deadline > 0 ? deadline : 0);
+    dl.len = args.last - dl.data;
+
+    for (i = 0; i < group->nchecks; i++) {
+        check = group->checks[i];
+        alg = &ngx_http_ratelimit_algorithm_ids[check->rule.algorithm];
+
+        ngx_http_ratelimit_args_string(&args, "1", 1);   /* the group */
+        ngx_http_ratelimit_args_string(&args, (const char *) dl.data, dl.len);
+        ngx_http_ratelimit_args_string(&args, (const char *) alg->data,
+                                       alg->len);
+        ngx_http_ratelimit_args_number(&args, check->rule.limit);
+        ngx_http_ratelimit_args_number(&args, check->rule.window * 1000);
+        ngx_http_ratelimit_args_number(&args, check->cost);
+        ngx_http_ratelimit_args_string(&args, check->dry_run ? "1" : "0", 1);
+    }
+
+    ctx->slot = ngx_http_ratelimit_redis_send(group->conn, args.argc,
+                                              args.argv, args.argvlen,
+                                              ngx_http_ratelimit_group_reply,
+                                              ctx);
+    if (ctx->slot == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->in_flight = 1;
+
+    if (!group->eval) {
+        ngx_http_ratelimit_count(checks, group->nchecks);
+    }
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    ngx_add_timer(&ctx->timer, ctx->timeout);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_group_reply(void *data, redisReply *reply)
+{
+    ngx_http_ratelimit_ctx_t *ctx = data;
+
+    int                          rc;
+    ngx_uint_t                   i;
+    long long                    now_ms;
+    const char                  *why;
+    rl_check_result_t            results[NGX_HTTP_RATELIMIT_MAX_POLICIES];
+    ngx_http_ratelimit_group_t  *group;
+
+    ctx->slot = NULL;
+    group = &ctx->groups[ctx->current];
+
+    if (reply == NULL) {
+        ngx_http_ratelimit_lost(ctx, NULL);
+        return;
+    }
+
+    rc = rl_reply_decode_batch(reply, group->nchecks, results, &now_ms, &why);
+
+    if (rc == RL_REPLY_OK && now_ms > 0) {
+        ngx_http_ratelimit_learn_clock(group->conn, now_ms);
+    }
+
+    switch (rc) {
+
+    case RL_REPLY_OK:
+
+        for (i = 0; i < group->nchecks; i++) {
+            if (results[i].allowed < 0) {
+
+                /*
+                 * Our idea of the shard's clock was off (it is learnt
+                 * now): nothing was counted, so the group takes the fail
+                 * path like a late one.
+                 */
+
+                ngx_http_ratelimit_group_failed(ctx, "check ran too late");
+                return;
+            }
+        }
+
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
+        }
+
+        ngx_http_ratelimit_group_decided(ctx, results, now_ms);
+        return;
+
+    case RL_REPLY_NOSCRIPT:
+
+        /* a restarted or flushed shard: EVAL caches the script again */
+
+        if (!group->eval) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP,
+                           ctx->request->connection->log, 0,
+                           "ratelimit: NOSCRIPT, sending EVAL");
+            group->eval = 1;
+            ngx_http_ratelimit_count(noscript, 1);
+
+            if (ngx_http_ratelimit_send_group(ctx) == NGX_OK) {
+                return;
+            }
+        }
+
+        break;
+
+    default:
+        break;
+    }
+
+    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
+        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+                      "ratelimit: shard %V answered: %s",
+                      ngx_http_ratelimit_redis_name(group->conn), why);
+    }
+
+    ngx_http_ratelimit_group_failed(ctx, "unusable reply");
+}
+
+
+/*
+ * The shard decided the group: taken as a whole, or refused by one of its
+ * enforced checks, and then nothing of it was counted.
+ */
+
+static void
+ngx_http_ratelimit_group_decided(ngx_http_ratelimit_ctx_t *ctx,
+    rl_check_result_t *results, long long now_ms)
+{
+    ngx_uint_t                   i, refused;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_group_t  *group;
+
+    group = &ctx->groups[ctx->current];
+    refused = 0;
+    ctx->in_flight = 0;
+
+    for (i = 0; i < group->nchecks; i++) {
+        check = group->checks[i];
+
+        check->active = 0;
+        check->has_result = 1;
+        check->result = results[i];
+
+        if (results[i].allowed == 0 && !check->dry_run) {
+            refused = 1;
+        }
+    }
+
+    for (i = 0; i < group->nchecks; i++) {
+        check = group->checks[i];
+
+        if (check->result.allowed) {
+            check->status = NGX_HTTP_RATELIMIT_PASSED;
+
+            if (!refused) {
+                ngx_http_ratelimit_count(allowed, 1);
+
+                if (check->cost > 0) {
+                    check->taken = 1;
+                    group->taken_at = now_ms;
+                }
+            }
+
+            continue;
+        }
+
+        ngx_http_ratelimit_denial(check, 1);
+    }
+
+    ctx->current++;
+
+    ngx_http_ratelimit_advance(ctx);
+}
+
+
+/* the group's shard cannot answer: each of its checks takes the fail path */
+
+static void
+ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
+    const char *reason)
+{
+    ngx_uint_t                   i;
+    ngx_http_ratelimit_group_t  *group;
+
+    group = &ctx->groups[ctx->current];
+
+    if (ctx->slot) {
+        (void) ngx_http_ratelimit_redis_detach(ctx->slot);
+        ctx->slot = NULL;
+    }
+
+    ctx->in_flight = 0;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    for (i = 0; i < group->nchecks; i++) {
+        ngx_http_ratelimit_failed(group->checks[i], reason);
+    }
+
+    ctx->current++;
+
+    ngx_http_ratelimit_advance(ctx);
+}
+
+
+/*
+ * The connection of a lookup (check) or of the group in flight (NULL)
+ * failed.  When this worker is dropping it because the shard stalled, the
+ * shard may yet wake up and run the group it was sent, up to its deadline:
+ * the request then waits out its timeout rather than take the fail path
+ * early and still count.
+ */
+
+static void
+ngx_http_ratelimit_lost(ngx_http_ratelimit_ctx_t *ctx,
+    ngx_http_ratelimit_check_t *check)
+{
+    if (check == NULL) {
+        if (ngx_http_ratelimit_dropping_stalled && ctx->timer.timer_set) {
+            return;
+        }
+
+        ngx_http_ratelimit_group_failed(ctx, "connection to shard lost");
+        return;
+    }
+
+    /* a rule lookup writes nothing: it may fail at once */
+
+    ngx_http_ratelimit_failed(check, "connection to shard lost");
+
+    if (--ctx->lookups == 0) {
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
+        }
+
+        ngx_http_ratelimit_advance(ctx);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_timeout(ngx_event_t *ev)
+{
+    ngx_http_ratelimit_ctx_t *ctx = ev->data;
+
+    ngx_uint_t                   i, n;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_group_t  *group;
+    ngx_http_ratelimit_conn_t   *stuck[NGX_HTTP_RATELIMIT_MAX_POLICIES];
+
+    /*
+     * A shard that answers slower than the timeout is failing: its
+     * connection is dropped, so everything queued behind takes its fail
+     * path, and the shard is marked down.  This request moves on first,
+     * though: it waited longest.
+     */
+
+    n = 0;
+
+    if (ctx->lookups) {
+
+        for (i = 0; i < ctx->nchecks; i++) {
+            check = &ctx->checks[i];
+
+            if (check->slot == NULL) {
+                continue;
+            }
+
+            (void) ngx_http_ratelimit_redis_detach(check->slot);
+            check->slot = NULL;
+
+            if (ngx_http_ratelimit_redis_stuck(check->conn, ctx->timeout)) {
+                stuck[n++] = check->conn;
+            }
+
+            ngx_http_ratelimit_failed(check, "rule lookup timed out");
+        }
+
+        ctx->lookups = 0;
+
+        /* the request may be gone after this */
+
+        ngx_http_ratelimit_advance(ctx);
+
+    } else if (ctx->in_flight) {
+
+        /* the group's connection may be gone already: see lost() */
+
+        group = &ctx->groups[ctx->current];
+
+        if (ngx_http_ratelimit_redis_stuck(group->conn, ctx->timeout)) {
+            stuck[n++] = group->conn;
+        }
+
+        ngx_http_ratelimit_group_failed(ctx, "shard timed out");
+    }
+
+    ngx_http_ratelimit_dropping_stalled = 1;
+
+    for (i = 0; i < n; i++) {
+        ngx_http_ratelimit_redis_fail(stuck[i], "timed out");
+    }
+
+    ngx_http_ratelimit_dropping_stalled = 0;
+}
+
+
+/*
+ * A check's shard cannot answer: "open" lets it through uncounted,
+ * "closed" refuses the request with 503 and a Retry-After of the shard's
+ * next probe.
+ */
+
+static void
+ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
+    const char *reason)
+{
+    ngx_msec_t                 retry;
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+    check->active = 0;
+
+    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "ratelimit: %s (%V), failing %s",
+                      reason, ngx_http_ratelimit_redis_name(check->conn),
+                      ctx->conf->fail == NGX_HTTP_RATELIMIT_FAIL_CLOSED
+                      ? "closed" : "open");
+    }
+
+    if (ctx->conf->fail != NGX_HTTP_RATELIMIT_FAIL_CLOSED) {
+        check->status = NGX_HTTP_RATELIMIT_FAILED_OPEN;
+        ngx_http_ratelimit_count(failed_open, 1);
+        return;
+    }
+
+    check->status = NGX_HTTP_RATELIMIT_FAILED_CLOSED;
+    ngx_http_ratelimit_count(failed_closed, 1);
+
+    retry = check->health ? ngx_http_ratelimit_shard_retry_in(check->health)
+                          : 0;
+
+    if (!ctx->closed || retry > ctx->closed_retry) {
+        ctx->closed_retry = retry;
+    }
+
+    ctx->closed = 1;
+}
+
+
+/*
+ * A check's policy refuses the request (or would, in dry run): counted,
+ * remembered by the deny cache, logged like limit_req's refusals.
+ */
+
+static void
+ngx_http_ratelimit_denial(ngx_http_ratelimit_check_t *check,
+    ngx_uint_t from_redis)
+{
+    ngx_http_request_t        *r;
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+    r = ctx->request;
+
+    ngx_http_ratelimit_count(denied, 1);
+
+    if (from_redis) {
+
+        /* until then Redis would refuse one unit as well: spare the asking */
+
+        if (check->cost <= 1) {
+            ngx_http_ratelimit_deny_cache_put(ctx->zone, check->limit_id,
+                                   check->limit_id_len,
+                                   (ngx_msec_t) check->result.retry_after_ms,
+                                   (ngx_msec_t) check->result.reset_ms,
+                                   ctx->epoch);
+        }
+    }
+
+    /*
+     * The policy and its limit, never the key (often a user id) but at
+     * debug; nginx adds the client's address.
+     */
+
+    if (check->cost == 1) {
+        ngx_log_error(ctx->conf->log_level, r->connection->log, 0,
+                      "ratelimit: %slimiting requests by policy \"%V\" "
+                      "(%L per %Ls), retry after %L ms",
+                      check->dry_run ? "dry run, not " : "",
+                      &check->policy->name, check->rule.limit,
+                      check->rule.window, check->result.retry_after_ms);
+
+    } else {
+        ngx_log_error(ctx->conf->log_level, r->connection->log, 0,
+                      "ratelimit: %slimiting requests by policy \"%V\" "
+                      "(%L per %Ls, cost %ui), retry after %L ms",
+                      check->dry_run ? "dry run, not " : "",
+                      &check->policy->name, check->rule.limit,
+                      check->rule.window, check->cost,
+                      check->result.retry_after_ms);
+    }
+
+#if (NGX_DEBUG)
+    if (r->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
+        u_char  *escaped;
+        size_t   len;
+
+        escaped = ngx_http_ratelimit_escape(r, check->key, check->key_len,
+                                            &len);
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "ratelimit: key \"%*s\" is over its limit",
+                       len, escaped);
+    }
+#endif
+
+    if (check->dry_run) {
+        check->status = NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN;
+        return;
+    }
+
+    check->status = NGX_HTTP_RATELIMIT_REJECTED;
+    ctx->denied = 1;
+}
+
+
+/*
+ * Every check is settled: what a refused request had taken goes back, the
+ * verdict and its headers are set, and a parked request runs on.
+ */
+
+static void
+ngx_http_ratelimit_finish(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    /* a 500 may leave lookups in flight: their answers must find nobody */
+
+    ngx_http_ratelimit_cleanup(ctx);
+    ctx->lookups = 0;
+
+    if (ctx->error) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    } else {
+        if (ctx->denied || ctx->closed) {
+            ngx_http_ratelimit_give_back(ctx);
+        }
+
+        rc = ngx_http_ratelimit_verdict(ctx);
+
+        if (rc != NGX_HTTP_INTERNAL_SERVER_ERROR
+            && ngx_http_ratelimit_headers(ctx) != NGX_OK)
+        {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_ratelimit_record(ctx);
+    }
+
+    ctx->rc = rc;
+    ctx->done = 1;
+
+    if (ctx->waiting) {
         ngx_http_ratelimit_resume(ctx);
     }
 }
 
 
-/* the check waits for a shard: the request waits for every such check */
+/*
+ * A request refused on one shard gives back what it took on the shards
+ * before: one call of lua/refund.lua per such shard, sent as EVAL (refunds
+ * are rare, and nothing waits for them to resend after a NOSCRIPT).  A
+ * refund that cannot be sent is logged: the caller has lost that quota
+ * until the window passes, never gained any.
+ */
 
 static void
-ngx_http_ratelimit_suspend(ngx_http_ratelimit_check_t *check)
+ngx_http_ratelimit_give_back(ngx_http_ratelimit_ctx_t *ctx)
 {
-    if (!check->pending) {
-        check->pending = 1;
-        check->ctx->pending++;
+    ngx_str_t                    *alg;
+    ngx_uint_t                    g, i, n;
+    ngx_http_ratelimit_args_t     args;
+    ngx_http_ratelimit_check_t   *check;
+    ngx_http_ratelimit_group_t   *group;
+    ngx_http_ratelimit_script_t  *script;
+
+    script = &ngx_http_ratelimit_refund_script;
+
+    for (g = 0; g < ctx->ngroups; g++) {
+        group = &ctx->groups[g];
+
+        if (group->taken_at == 0) {
+            continue;
+        }
+
+        if (ngx_http_ratelimit_args_init(&args, ctx->request->pool,
+                             3 + group->nchecks
+                               * (1 + NGX_HTTP_RATELIMIT_REFUND_ARGS),
+                             1 + group->nchecks * 4)
+            != NGX_OK)
+        {
+            return;
+        }
+
+        ngx_http_ratelimit_args_string(&args, "EVAL", 4);
+        ngx_http_ratelimit_args_string(&args, (const char *) script->body.data,
+                                       script->body.len);
+
+        n = 0;
+
+        for (i = 0; i < group->nchecks; i++) {
+            n += group->checks[i]->taken;
+        }
+
+        ngx_http_ratelimit_args_number(&args, n);
+
+        for (i = 0; i < group->nchecks; i++) {
+            check = group->checks[i];
+
+            if (check->taken) {
+                ngx_http_ratelimit_args_string(&args,
+                                               (const char *) check->key,
+                                               check->key_len);
+            }
+        }
+
+        for (i = 0; i < group->nchecks; i++) {
+            check = group->checks[i];
+
+            if (!check->taken) {
+                continue;
+            }
+
+            alg = &ngx_http_ratelimit_algorithm_ids[check->rule.algorithm];
+
+            ngx_http_ratelimit_args_string(&args, (const char *) alg->data,
+                                           alg->len);
+            ngx_http_ratelimit_args_number(&args, check->rule.limit);
+            ngx_http_ratelimit_args_number(&args, check->rule.window * 1000);
+            ngx_http_ratelimit_args_number(&args, check->cost);
+            ngx_http_ratelimit_args_number(&args, group->taken_at);
+
+            /*
+             * The headers tell what is left once it is given back; "t"
+             * stays: both algorithms give units back at a pace that does
+             * not depend on how many are left.
+             */
+
+            check->taken = 0;
+            check->result.remaining += check->cost;
+
+            if (check->result.remaining > check->rule.limit) {
+                check->result.remaining = check->rule.limit;
+            }
+        }
+
+        group->taken_at = 0;
+
+        if (ngx_http_ratelimit_redis_send(group->conn, args.argc, args.argv,
+                                          args.argvlen,
+                                          ngx_http_ratelimit_refund_reply,
+                                          NULL)
+            == NULL)
+        {
+            if (ngx_http_ratelimit_log_due(
+                                       &ngx_http_ratelimit_refund_logged_at))
+            {
+                ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                              "ratelimit: could not give back what a refused "
+                              "request took on shard %V",
+                              ngx_http_ratelimit_redis_name(group->conn));
+            }
+
+            continue;
+        }
+
+        ngx_http_ratelimit_count(refunds, n);
     }
 }
 
 
-/* the request passes when every check passed; else the first refusal */
+/*
+ * Room for n arguments of a script call, "numbers" of them numbers, from
+ * the request's pool: hiredis copies them all when the call is queued.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_args_init(ngx_http_ratelimit_args_t *args,
+    ngx_pool_t *pool, ngx_uint_t n, ngx_uint_t numbers)
+{
+    args->argv = ngx_palloc(pool, n * (sizeof(const char *) + sizeof(size_t)));
+    if (args->argv == NULL) {
+        return NGX_ERROR;
+    }
+
+    args->argvlen = (size_t *) (args->argv + n);
+    args->argc = 0;
+
+    args->last = ngx_pnalloc(pool, numbers * NGX_INT64_LEN);
+    if (args->last == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_args_string(ngx_http_ratelimit_args_t *args,
+    const char *s, size_t len)
+{
+    args->argv[args->argc] = s;
+    args->argvlen[args->argc++] = len;
+}
+
+
+static void
+ngx_http_ratelimit_args_number(ngx_http_ratelimit_args_t *args, int64_t n)
+{
+    u_char  *p;
+
+    p = args->last;
+    args->last = ngx_sprintf(p, "%L", n);
+
+    ngx_http_ratelimit_args_string(args, (const char *) p, args->last - p);
+}
+
+
+/* nobody waits for a refund: a failure is only logged */
+
+static void
+ngx_http_ratelimit_refund_reply(void *data, redisReply *reply)
+{
+    const char  *why;
+    long long    now_ms;
+
+    if (reply == NULL) {
+        why = "connection lost";
+
+    } else if (rl_reply_decode_refund(reply, &now_ms, &why) == RL_REPLY_OK) {
+        return;
+    }
+
+    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_refund_logged_at)) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ratelimit: giving back what a refused request took "
+                      "failed: %s", why);
+    }
+}
+
+
+/*
+ * The verdict: 500 if anything broke, 503 when failing closed, the
+ * location's status (429) when a policy refused, else on to the content.
+ * Retry-After is the latest of the refusing policies' times: the earliest
+ * moment the same request can pass.
+ */
 
 static ngx_int_t
 ngx_http_ratelimit_verdict(ngx_http_ratelimit_ctx_t *ctx)
 {
-    ngx_uint_t  i;
+    u_char                      *p;
+    ngx_uint_t                   i;
+    long long                    retry;
+    ngx_http_ratelimit_check_t  *check;
+    u_char                       buf[NGX_INT64_LEN];
 
-    for (i = 0; i < ctx->nchecks; i++) {
-        if (ctx->checks[i].rc != NGX_DECLINED) {
-            return ctx->checks[i].rc;
+    if (ctx->denied) {
+        retry = 0;
+
+        for (i = 0; i < ctx->nchecks; i++) {
+            check = &ctx->checks[i];
+
+            if (check->status == NGX_HTTP_RATELIMIT_REJECTED
+                && check->result.retry_after_ms > retry)
+            {
+                retry = check->result.retry_after_ms;
+            }
         }
+
+        p = ngx_sprintf(buf, "%L", rl_retry_after_seconds(retry));
+
+        if (ngx_http_ratelimit_add_header(ctx->request, "Retry-After", buf, p)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ctx->conf->status;
+    }
+
+    if (ctx->closed) {
+        p = ngx_sprintf(buf, "%L",
+                        rl_retry_after_seconds((long long) ctx->closed_retry));
+
+        if (ngx_http_ratelimit_add_header(ctx->request, "Retry-After", buf, p)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * draft-ietf-httpapi-ratelimit-headers-11: RateLimit-Policy names every
+ * policy of the request with the quota (q) and window (w) in force;
+ * RateLimit gives, for each policy a shard (or the deny cache) decided, the
+ * units left (r) and the effective window (t): the seconds within which no
+ * more than r can be used, never more than w, and on a refusal the policy's
+ * Retry-After.  "legacy": X-RateLimit-* of the most restrictive policy, the
+ * one that refused, or else the one with the fewest units left.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_headers(ngx_http_ratelimit_ctx_t *ctx)
+{
+    u_char                      *p, *q, *policy, *limit;
+    size_t                       len;
+    ngx_uint_t                   i;
+    long long                    t;
+    ngx_http_request_t          *r;
+    ngx_http_ratelimit_check_t  *check, *worst;
+    u_char                       buf[NGX_INT64_LEN];
+
+    r = ctx->request;
+
+    switch (ctx->conf->headers) {
+
+    case NGX_HTTP_RATELIMIT_HEADERS_DRAFT:
+        len = 0;
+
+        for (i = 0; i < ctx->nchecks; i++) {
+            len += sizeof("\"\";q=;w=, ") - 1 + RL_RULE_MAX_POLICY
+                   + 2 * NGX_INT64_LEN;
+        }
+
+        policy = ngx_pnalloc(r->pool, 2 * len);
+        if (policy == NULL) {
+            return NGX_ERROR;
+        }
+
+        limit = policy + len;
+        p = policy;
+        q = limit;
+
+        for (i = 0; i < ctx->nchecks; i++) {
+            check = &ctx->checks[i];
+
+            if (!check->limits) {
+                continue;
+            }
+
+            if (p != policy) {
+                p = ngx_cpymem(p, ", ", 2);
+            }
+
+            p = ngx_sprintf(p, "\"%V\";q=%L;w=%L", &check->policy->name,
+                            check->rule.limit, check->rule.window);
+
+            if (!check->has_result) {
+                continue;
+            }
+
+            t = rl_retry_after_seconds(check->result.t_ms);
+
+            if (t > check->rule.window) {
+                t = check->rule.window;
+            }
+
+            if (q != limit) {
+                q = ngx_cpymem(q, ", ", 2);
+            }
+
+            q = ngx_sprintf(q, "\"%V\";r=%L;t=%L", &check->policy->name,
+                            check->result.remaining, t);
+        }
+
+        if (p != policy
+            && ngx_http_ratelimit_add_header(r, "RateLimit-Policy", policy, p)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (q != limit
+            && ngx_http_ratelimit_add_header(r, "RateLimit", limit, q)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+
+    case NGX_HTTP_RATELIMIT_HEADERS_LEGACY:
+        worst = NULL;
+
+        for (i = 0; i < ctx->nchecks; i++) {
+            check = &ctx->checks[i];
+
+            if (!check->has_result) {
+                continue;
+            }
+
+            if (worst == NULL) {
+                worst = check;
+                continue;
+            }
+
+            if (check->status == NGX_HTTP_RATELIMIT_REJECTED) {
+                if (worst->status != NGX_HTTP_RATELIMIT_REJECTED
+                    || check->result.retry_after_ms
+                       > worst->result.retry_after_ms)
+                {
+                    worst = check;
+                }
+
+                continue;
+            }
+
+            if (worst->status != NGX_HTTP_RATELIMIT_REJECTED
+                && check->result.remaining < worst->result.remaining)
+            {
+                worst = check;
+            }
+        }
+
+        if (worst == NULL) {
+            return NGX_OK;
+        }
+
+        p = ngx_sprintf(buf, "%L", worst->rule.limit);
+
+        if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Limit", buf, p)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        p = ngx_sprintf(buf, "%L", worst->result.remaining);
+
+        if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Remaining", buf, p)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        p = ngx_sprintf(buf, "%L", rl_reset_seconds(worst->result.reset_ms));
+
+        return ngx_http_ratelimit_add_header(r, "X-RateLimit-Reset", buf, p);
+
+    default: /* NGX_HTTP_RATELIMIT_HEADERS_OFF */
+        return NGX_OK;
+    }
+}
+
+
+/*
+ * The refusal as an RFC 9457 problem, of draft-11's "quota-exceeded" type,
+ * naming the violated policies; sent here, so the request ends with it.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_problem(ngx_http_ratelimit_ctx_t *ctx)
+{
+    u_char                      *p;
+    size_t                       len;
+    ngx_int_t                    rc;
+    ngx_buf_t                   *b;
+    ngx_uint_t                   i, n;
+    ngx_chain_t                  out;
+    ngx_http_request_t          *r;
+    ngx_http_ratelimit_check_t  *check;
+
+    static u_char  head[] =
+        "{\"type\":\"https://iana.org/assignments/http-problem-types"
+        "#quota-exceeded\",\"title\":\"Request cannot be satisfied as "
+        "assigned quota has been exceeded\",\"status\":";
+
+    r = ctx->request;
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
+    len = sizeof(head) - 1 + NGX_INT_T_LEN
+          + sizeof(",\"violated-policies\":[]}\n") - 1;
+
+    for (i = 0; i < ctx->nchecks; i++) {
+        len += RL_RULE_MAX_POLICY + sizeof("\"\",") - 1;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(b->last, head, sizeof(head) - 1);
+    p = ngx_sprintf(p, "%ui,\"violated-policies\":[", ctx->rc);
+
+    n = 0;
+
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
+
+        if (check->status != NGX_HTTP_RATELIMIT_REJECTED) {
+            continue;
+        }
+
+        /* policy names are letters, digits, "_", "-", ".": nothing to escape */
+
+        p = ngx_sprintf(p, "%s\"%V\"", n++ ? "," : "", &check->policy->name);
+    }
+
+    p = ngx_cpymem(p, "]}\n", 3);
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = ctx->rc;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/problem+json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static void
+ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ctx->waiting = 0;
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -533,33 +2121,39 @@ ngx_http_ratelimit_trail_seen(ngx_http_ratelimit_check_t *check)
 /*
  * The verdict as the variables tell it: the worst status of the checks
  * (REJECTED over REJECTED_DRY_RUN over FAILED_CLOSED over FAILED_OPEN over
- * PASSED), the policy behind a rejection, the lowest remaining.  A request
- * an internal redirect checks again keeps the latest verdict; checks that
- * limited nothing leave the earlier one.
+ * PASSED), the first policy behind the worst rejection, the fewest units
+ * left.  A request an internal redirect checks again keeps the latest
+ * verdict; checks that limited nothing leave the earlier one.
  */
 
 static void
 ngx_http_ratelimit_record(ngx_http_ratelimit_ctx_t *ctx)
 {
     ngx_uint_t                   i, status;
+    ngx_str_t                   *policy;
     long long                    remaining;
     ngx_http_ratelimit_check_t  *check;
     ngx_http_ratelimit_trail_t  *trail;
 
     status = NGX_HTTP_RATELIMIT_NOT_LIMITED;
     remaining = -1;
+    policy = NULL;
 
     for (i = 0; i < ctx->nchecks; i++) {
         check = &ctx->checks[i];
 
         if (check->status > status) {
             status = check->status;
+
+            if (status >= NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN) {
+                policy = &check->policy->name;
+            }
         }
 
-        if (check->remaining >= 0
-            && (remaining < 0 || check->remaining < remaining))
+        if (check->has_result
+            && (remaining < 0 || check->result.remaining < remaining))
         {
-            remaining = check->remaining;
+            remaining = check->result.remaining;
         }
     }
 
@@ -574,8 +2168,7 @@ ngx_http_ratelimit_record(ngx_http_ratelimit_ctx_t *ctx)
 
     trail->status = status;
     trail->remaining = remaining;
-    trail->policy = (status >= NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN)
-                    ? &ngx_http_ratelimit_default_policy : NULL;
+    trail->policy = policy;
 }
 
 
@@ -658,729 +2251,6 @@ ngx_http_ratelimit_status_variable(ngx_http_request_t *r,
 }
 
 
-/*
- * The caller is the first non-empty "ratelimit" value; the customer, whose
- * rule applies, is the "ratelimit_customer" value, or else the caller.
- */
-
-static ngx_int_t
-ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check)
-{
-    ngx_uint_t                      i;
-    ngx_str_t                      *names;
-    ngx_http_request_t             *r;
-    ngx_http_complex_value_t       *cv;
-    ngx_http_ratelimit_loc_conf_t  *rlcf;
-
-    r = check->ctx->request;
-    rlcf = check->ctx->conf;
-
-    cv = rlcf->keys->elts;
-    names = rlcf->key_names->elts;
-
-    for (i = 0; i < rlcf->keys->nelts; i++) {
-        if (ngx_http_complex_value(r, &cv[i], &check->caller) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        if (check->caller.len) {
-            check->key_name = &names[i];
-            break;
-        }
-    }
-
-    if (check->caller.len == 0) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "ratelimit: every key is empty, not limited");
-        return NGX_DECLINED;
-    }
-
-    check->customer = check->caller;
-
-    if (rlcf->customer) {
-        if (ngx_http_complex_value(r, rlcf->customer, &check->customer)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        if (check->customer.len == 0) {
-            check->customer = check->caller;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
-/* the customer's rule is not cached: ask a live shard, all hold every rule */
-
-static void
-ngx_http_ratelimit_lookup_rule(ngx_http_ratelimit_check_t *check)
-{
-    ngx_int_t                  shard;
-    ngx_uint_t                 tried;
-    const char                *argv[3];
-    size_t                     argvlen[3];
-    ngx_http_ratelimit_ctx_t  *ctx;
-
-    ctx = check->ctx;
-
-    tried = 0;
-    shard = ngx_http_ratelimit_ring_next_live(ctx->zone->ring,
-                                              check->customer.data,
-                                              check->customer.len, &tried);
-
-    if (shard == NGX_ERROR) {
-        ngx_http_ratelimit_settle(check,
-                  ngx_http_ratelimit_failed(check, "every shard is down"));
-        return;
-    }
-
-    check->health = &ctx->zone->ring->health[shard];
-    check->conn = ngx_http_ratelimit_redis_conn(shard);
-
-    (void) ngx_http_ratelimit_rules_lookup(argv, argvlen, &check->customer,
-                                           NULL, NULL);
-
-    check->slot = ngx_http_ratelimit_redis_send(check->conn, 3, argv, argvlen,
-                                                ngx_http_ratelimit_rule_reply,
-                                                check);
-    if (check->slot == NULL) {
-        ngx_http_ratelimit_settle(check,
-                  ngx_http_ratelimit_failed(check, "shard is unreachable"));
-        return;
-    }
-
-    ngx_http_ratelimit_count(rule_lookups, 1);
-
-    ngx_http_ratelimit_suspend(check);
-}
-
-
-static void
-ngx_http_ratelimit_rule_reply(void *data, redisReply *reply)
-{
-    ngx_http_ratelimit_check_t *check = data;
-
-    u_char                    *escaped;
-    size_t                     len;
-    rl_limit_t                 rule;
-    ngx_http_ratelimit_ctx_t  *ctx;
-
-    ctx = check->ctx;
-    check->slot = NULL;
-
-    if (reply == NULL) {
-        ngx_http_ratelimit_lost(check);
-        return;
-    }
-
-    ngx_memzero(&rule, sizeof(rl_limit_t));
-
-    if (reply->type == REDIS_REPLY_STRING) {
-        if (ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
-                                          &rule, NULL)
-            == NGX_ERROR)
-        {
-            escaped = ngx_http_ratelimit_escape(ctx->request,
-                                                check->customer.data,
-                                                check->customer.len, &len);
-
-            ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                          "ratelimit: garbled rule of customer \"%*s\" "
-                          "on shard %V, using the default",
-                          len, escaped,
-                          ngx_http_ratelimit_redis_name(check->conn));
-            ngx_memzero(&rule, sizeof(rl_limit_t));
-        }
-
-    } else if (reply->type != REDIS_REPLY_NIL) {
-        ngx_http_ratelimit_settle(check,
-                  ngx_http_ratelimit_failed(check, "rule lookup failed"));
-        return;
-    }
-
-    ngx_http_ratelimit_rule_cache_put(ctx->zone, check->customer.data,
-                                      check->customer.len, &rule, ctx->epoch);
-
-    ngx_http_ratelimit_apply_rule(check, &rule);
-    ngx_http_ratelimit_evaluate(check);
-}
-
-
-/*
- * A customer's rule (from the cache or a shard) over the location's
- * default: limit 0 is no rule, algorithm NONE the location's.
- */
-
-static void
-ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
-    rl_limit_t *rule)
-{
-    if (rule->limit) {
-        check->rule.limit = rule->limit;
-        check->rule.window = rule->window;
-    }
-
-    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
-        check->rule.algorithm = rule->algorithm;
-    }
-}
-
-
-/*
- * With the rule known: deny from the deny cache, or send the check to the
- * key's shard and leave it pending.
- */
-
-static void
-ngx_http_ratelimit_evaluate(ngx_http_ratelimit_check_t *check)
-{
-#if (NGX_DEBUG)
-    u_char                    *escaped;
-    size_t                     len;
-#endif
-    ngx_uint_t                 shard;
-    ngx_msec_t                 retry, reset;
-    rl_check_result_t          result;
-    ngx_http_ratelimit_ctx_t  *ctx;
-
-    ctx = check->ctx;
-
-    ngx_http_ratelimit_key(check);
-
-    if (ngx_http_ratelimit_trail_seen(check)) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
-                       "ratelimit: checked against this limit already");
-        ngx_http_ratelimit_settle(check, NGX_DECLINED);
-        return;
-    }
-
-    if (ngx_http_ratelimit_deny_cache_get(ctx->zone, check->limit_id,
-                                          check->limit_id_len, &retry, &reset)
-        == NGX_OK)
-    {
-        ngx_http_ratelimit_count(denied_cached, 1);
-
-        result.allowed = 0;
-        result.remaining = 0;
-        result.retry_after_ms = retry;
-        result.reset_ms = reset;
-
-        ngx_http_ratelimit_settle(check,
-                         ngx_http_ratelimit_decide(check, &result, 0));
-        return;
-    }
-
-    shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, check->key,
-                                           check->key_len);
-
-    check->health = &ctx->zone->ring->health[shard];
-    check->conn = ngx_http_ratelimit_redis_conn(shard);
-
-#if (NGX_DEBUG)
-    if (ctx->request->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
-        escaped = ngx_http_ratelimit_escape(ctx->request, check->key,
-                                            check->key_len, &len);
-
-        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
-                       "ratelimit: key \"%*s\" on shard %V", len, escaped,
-                       ngx_http_ratelimit_redis_name(check->conn));
-    }
-#endif
-
-    if (ngx_http_ratelimit_shard_admit(check->health)
-        == NGX_HTTP_RATELIMIT_SHARD_DOWN)
-    {
-        ngx_http_ratelimit_settle(check,
-                         ngx_http_ratelimit_failed(check, "shard is down"));
-        return;
-    }
-
-    if (check->conn == NULL) {
-        ngx_http_ratelimit_settle(check,
-                  ngx_http_ratelimit_failed(check, "no connection to the shard"));
-        return;
-    }
-
-    /*
-     * The deadline is this request's timeout in the shard's clock, as far
-     * as the shard's replies have told it (the offset is 0 until the first
-     * one: a clock far off costs that one check its fail path).
-     */
-
-    check->deadline = ngx_http_ratelimit_local_ms()
-                      + *ngx_http_ratelimit_redis_clock_offset(check->conn)
-                      + (int64_t) ctx->timeout;
-
-    if (ngx_http_ratelimit_send(check) != NGX_OK) {
-        ngx_http_ratelimit_settle(check,
-                  ngx_http_ratelimit_failed(check, "shard is unreachable"));
-        return;
-    }
-
-    ngx_http_ratelimit_suspend(check);
-}
-
-
-/*
- * The Redis key: "rl:<algorithm>:<name>:k:<caller>", or, for a caller too
- * long to keep as it is, "rl:<algorithm>:<name>:h:<SHA-1 of the caller in
- * hex>".  <name> says which of the "ratelimit" values the caller is (the
- * variable's name, as "http_x_user_id" or "remote_addr"): a user id that
- * reads like an address never spends the quota of that address.
- *
- * The limit id adds what else decides (limit and window): a denial under
- * one limit says nothing of the same key under another.
- */
-
-static void
-ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check)
-{
-    u_char      *p;
-    ngx_sha1_t   sha1;
-    u_char       digest[20];
-
-    p = ngx_cpymem(check->key,
-                   ngx_http_ratelimit_prefixes[check->rule.algorithm], 6);
-    p = ngx_cpymem(p, check->key_name->data, check->key_name->len);
-    *p++ = ':';
-
-    if (check->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
-        *p++ = 'k';
-        *p++ = ':';
-        p = ngx_cpymem(p, check->caller.data, check->caller.len);
-
-    } else {
-        ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, check->caller.data, check->caller.len);
-        ngx_sha1_final(digest, &sha1);
-
-        *p++ = 'h';
-        *p++ = ':';
-        p = ngx_hex_dump(p, digest, sizeof(digest));
-    }
-
-    check->key_len = p - check->key;
-
-    p = ngx_cpymem(check->limit_id, check->key, check->key_len);
-    p = ngx_sprintf(p, "%Z%L%Z%L", check->rule.limit, check->rule.window);
-
-    check->limit_id_len = p - check->limit_id;
-}
-
-
-static ngx_int_t
-ngx_http_ratelimit_send(ngx_http_ratelimit_check_t *check)
-{
-    u_char                       *p;
-    const char                   *argv[7];
-    size_t                        argvlen[7];
-    ngx_http_ratelimit_script_t  *script;
-    u_char                        limit[NGX_INT64_LEN];
-    u_char                        window[NGX_INT64_LEN];
-    u_char                        deadline[NGX_INT64_LEN];
-
-    script = ngx_http_ratelimit_script(check->rule.algorithm);
-
-    if (check->eval) {
-        argv[0] = "EVAL";
-        argvlen[0] = 4;
-        argv[1] = (const char *) script->body.data;
-        argvlen[1] = script->body.len;
-
-    } else {
-        argv[0] = "EVALSHA";
-        argvlen[0] = 7;
-        argv[1] = (const char *) script->sha1;
-        argvlen[1] = sizeof(script->sha1);
-    }
-
-    argv[2] = "1";
-    argvlen[2] = 1;
-    argv[3] = (const char *) check->key;
-    argvlen[3] = check->key_len;
-
-    p = ngx_sprintf(limit, "%L", check->rule.limit);
-    argv[4] = (const char *) limit;
-    argvlen[4] = p - limit;
-
-    p = ngx_sprintf(window, "%L", check->rule.window * 1000);
-    argv[5] = (const char *) window;
-    argvlen[5] = p - window;
-
-    p = ngx_sprintf(deadline, "%L", check->deadline > 0 ? check->deadline : 0);
-    argv[6] = (const char *) deadline;
-    argvlen[6] = p - deadline;
-
-    check->slot = ngx_http_ratelimit_redis_send(check->conn, 7, argv, argvlen,
-                                                ngx_http_ratelimit_check_reply,
-                                                check);
-
-    if (check->slot && !check->eval) {
-        ngx_http_ratelimit_count(checks, 1);
-    }
-
-    return check->slot ? NGX_OK : NGX_ERROR;
-}
-
-
-static void
-ngx_http_ratelimit_check_reply(void *data, redisReply *reply)
-{
-    ngx_http_ratelimit_check_t *check = data;
-
-    int                 rc;
-    const char         *why;
-    ngx_http_request_t *r;
-    rl_check_result_t   result;
-
-    check->slot = NULL;
-    r = check->ctx->request;
-
-    if (reply == NULL) {
-        ngx_http_ratelimit_lost(check);
-        return;
-    }
-
-    rc = rl_reply_decode_check(reply, &result, &why);
-
-    if ((rc == RL_REPLY_OK || rc == RL_REPLY_EXPIRED) && result.now_ms > 0) {
-        ngx_http_ratelimit_learn_clock(check->conn, result.now_ms);
-    }
-
-    switch (rc) {
-
-    case RL_REPLY_OK:
-        ngx_http_ratelimit_settle(check,
-                          ngx_http_ratelimit_decide(check, &result, 1));
-        return;
-
-    case RL_REPLY_EXPIRED:
-
-        /*
-         * Our clock's idea of the shard's was off (it is learnt now): the
-         * check counted nothing, so it takes the fail path like a late one.
-         */
-
-        ngx_http_ratelimit_settle(check,
-                     ngx_http_ratelimit_failed(check, "check ran too late"));
-        return;
-
-    case RL_REPLY_NOSCRIPT:
-
-        /* a restarted or flushed shard: EVAL caches the script again */
-
-        if (!check->eval) {
-            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                           "ratelimit: NOSCRIPT, sending EVAL");
-            check->eval = 1;
-            ngx_http_ratelimit_count(noscript, 1);
-
-            if (ngx_http_ratelimit_send(check) == NGX_OK) {
-                return;
-            }
-        }
-
-        break;
-
-    default:
-        break;
-    }
-
-    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "ratelimit: shard %V answered: %s",
-                      ngx_http_ratelimit_redis_name(check->conn), why);
-    }
-
-    ngx_http_ratelimit_settle(check,
-                        ngx_http_ratelimit_failed(check, "unusable reply"));
-}
-
-
-/*
- * The connection of a pending check failed.  When this worker is dropping
- * it because the shard stalled, the shard may yet wake up and run what it
- * was sent, up to the check's deadline: the check then waits out the
- * request's timeout rather than take the fail path early and still count.
- */
-
-static void
-ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check)
-{
-    if (ngx_http_ratelimit_dropping_stalled && check->ctx->timer.timer_set) {
-        return;
-    }
-
-    ngx_http_ratelimit_settle(check,
-               ngx_http_ratelimit_failed(check, "connection to shard lost"));
-}
-
-
-static void
-ngx_http_ratelimit_timeout(ngx_event_t *ev)
-{
-    ngx_http_ratelimit_ctx_t *ctx = ev->data;
-
-    ngx_uint_t                   i, n;
-    ngx_http_ratelimit_check_t  *check;
-    ngx_http_ratelimit_conn_t   *stuck[NGX_HTTP_RATELIMIT_MAX_CHECKS];
-
-    /*
-     * A shard that answers slower than the timeout is failing: its
-     * connection is dropped, so everything queued behind takes its fail
-     * path, and the shard is marked down.  This request resumes first,
-     * though: it waited longest.
-     */
-
-    n = 0;
-
-    for (i = 0; i < ctx->nchecks; i++) {
-        check = &ctx->checks[i];
-
-        if (!check->pending) {
-            continue;
-        }
-
-        if (check->slot) {
-            (void) ngx_http_ratelimit_redis_detach(check->slot);
-            check->slot = NULL;
-        }
-
-        if (check->conn
-            && ngx_http_ratelimit_redis_stuck(check->conn, ctx->timeout)
-            && n < NGX_HTTP_RATELIMIT_MAX_CHECKS)
-        {
-            stuck[n++] = check->conn;
-        }
-
-        check->rc = ngx_http_ratelimit_failed(check, "shard timed out");
-        check->pending = 0;
-    }
-
-    ctx->pending = 0;
-
-    /* the request may be gone after this */
-
-    ngx_http_ratelimit_resume(ctx);
-
-    ngx_http_ratelimit_dropping_stalled = 1;
-
-    for (i = 0; i < n; i++) {
-        ngx_http_ratelimit_redis_fail(stuck[i], "timed out");
-    }
-
-    ngx_http_ratelimit_dropping_stalled = 0;
-}
-
-
-static void
-ngx_http_ratelimit_resume(ngx_http_ratelimit_ctx_t *ctx)
-{
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    r = ctx->request;
-    c = r->connection;
-
-    ctx->rc = ngx_http_ratelimit_verdict(ctx);
-    ngx_http_ratelimit_record(ctx);
-
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
-
-    r->read_event_handler = ngx_http_block_reading;
-    r->write_event_handler = ngx_http_core_run_phases;
-
-    ngx_http_core_run_phases(r);
-    ngx_http_run_posted_requests(c);
-}
-
-
-static ngx_int_t
-ngx_http_ratelimit_decide(ngx_http_ratelimit_check_t *check,
-    rl_check_result_t *result, ngx_uint_t from_redis)
-{
-    u_char                    *p;
-#if (NGX_DEBUG)
-    u_char                    *escaped;
-    size_t                     len;
-#endif
-    ngx_http_request_t        *r;
-    ngx_http_ratelimit_ctx_t  *ctx;
-    u_char                     buf[NGX_INT64_LEN];
-
-    ctx = check->ctx;
-    r = ctx->request;
-
-    if (ngx_http_ratelimit_add_headers(check, result) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    check->remaining = result->remaining;
-
-    if (result->allowed) {
-        check->status = NGX_HTTP_RATELIMIT_PASSED;
-        ngx_http_ratelimit_count(allowed, 1);
-        return NGX_DECLINED;
-    }
-
-    ngx_http_ratelimit_count(denied, 1);
-
-    /* until then Redis would say no as well: spare it the asking */
-
-    if (from_redis) {
-        ngx_http_ratelimit_deny_cache_put(ctx->zone, check->limit_id,
-                                          check->limit_id_len,
-                                          (ngx_msec_t) result->retry_after_ms,
-                                          (ngx_msec_t) result->reset_ms,
-                                          ctx->epoch);
-    }
-
-    /*
-     * Like limit_req's: the policy and its limit, never the key (often a
-     * user id) but at debug; nginx adds the client's address.
-     */
-
-    ngx_log_error(ctx->conf->log_level, r->connection->log, 0,
-                  "ratelimit: %slimiting requests by policy \"%V\" "
-                  "(%L per %Ls), retry after %L ms",
-                  ctx->conf->dry_run ? "dry run, not " : "",
-                  &ngx_http_ratelimit_default_policy, check->rule.limit,
-                  check->rule.window, result->retry_after_ms);
-
-#if (NGX_DEBUG)
-    if (r->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
-        escaped = ngx_http_ratelimit_escape(r, check->key, check->key_len,
-                                            &len);
-
-        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "ratelimit: key \"%*s\" is over its limit",
-                       len, escaped);
-    }
-#endif
-
-    if (ctx->conf->dry_run) {
-        check->status = NGX_HTTP_RATELIMIT_REJECTED_DRY_RUN;
-        return NGX_DECLINED;
-    }
-
-    check->status = NGX_HTTP_RATELIMIT_REJECTED;
-
-    p = ngx_sprintf(buf, "%L", rl_retry_after_seconds(result->retry_after_ms));
-
-    if (ngx_http_ratelimit_add_header(r, "Retry-After", buf, p) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ctx->conf->status;
-}
-
-
-/*
- * The shard cannot answer: "open" lets the request through, "closed"
- * answers 503 with a Retry-After of the shard's next probe.
- */
-
-static ngx_int_t
-ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
-    const char *reason)
-{
-    u_char              *p;
-    ngx_uint_t           closed;
-    ngx_msec_t           retry;
-    ngx_http_request_t  *r;
-    u_char               buf[NGX_INT64_LEN];
-
-    r = check->ctx->request;
-    closed = (check->ctx->conf->fail == NGX_HTTP_RATELIMIT_FAIL_CLOSED);
-
-    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "ratelimit: %s (%V), failing %s",
-                      reason, ngx_http_ratelimit_redis_name(check->conn),
-                      closed ? "closed" : "open");
-    }
-
-    if (!closed) {
-        check->status = NGX_HTTP_RATELIMIT_FAILED_OPEN;
-        ngx_http_ratelimit_count(failed_open, 1);
-        return NGX_DECLINED;
-    }
-
-    check->status = NGX_HTTP_RATELIMIT_FAILED_CLOSED;
-    ngx_http_ratelimit_count(failed_closed, 1);
-
-    retry = check->health ? ngx_http_ratelimit_shard_retry_in(check->health)
-                          : 0;
-
-    p = ngx_sprintf(buf, "%L", rl_retry_after_seconds((long long) retry));
-
-    if (ngx_http_ratelimit_add_header(r, "Retry-After", buf, p) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return NGX_HTTP_SERVICE_UNAVAILABLE;
-}
-
-
-static ngx_int_t
-ngx_http_ratelimit_add_headers(ngx_http_ratelimit_check_t *check,
-    rl_check_result_t *result)
-{
-    u_char              *p;
-    ngx_http_request_t  *r;
-    u_char               buf[128];
-
-    r = check->ctx->request;
-
-    switch (check->ctx->conf->headers) {
-
-    case NGX_HTTP_RATELIMIT_HEADERS_DRAFT:
-        p = ngx_sprintf(buf, "\"default\";q=%L;w=%L",
-                        check->rule.limit, check->rule.window);
-
-        if (ngx_http_ratelimit_add_header(r, "RateLimit-Policy", buf, p)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        p = ngx_sprintf(buf, "\"default\";r=%L;t=%L", result->remaining,
-                        rl_reset_seconds(result->reset_ms));
-
-        return ngx_http_ratelimit_add_header(r, "RateLimit", buf, p);
-
-    case NGX_HTTP_RATELIMIT_HEADERS_LEGACY:
-        p = ngx_sprintf(buf, "%L", check->rule.limit);
-
-        if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Limit", buf, p)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        p = ngx_sprintf(buf, "%L", result->remaining);
-
-        if (ngx_http_ratelimit_add_header(r, "X-RateLimit-Remaining", buf, p)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        p = ngx_sprintf(buf, "%L", rl_reset_seconds(result->reset_ms));
-
-        return ngx_http_ratelimit_add_header(r, "X-RateLimit-Reset", buf, p);
-
-    default: /* NGX_HTTP_RATELIMIT_HEADERS_OFF */
-        return NGX_OK;
-    }
-}
-
-
 static ngx_int_t
 ngx_http_ratelimit_add_header(ngx_http_request_t *r, const char *name,
     u_char *value, u_char *last)
@@ -1422,6 +2292,11 @@ ngx_http_ratelimit_cleanup(void *data)
 
     /* a reply may still come: it must find nobody, not freed memory */
 
+    if (ctx->slot) {
+        (void) ngx_http_ratelimit_redis_detach(ctx->slot);
+        ctx->slot = NULL;
+    }
+
     for (i = 0; i < ctx->nchecks; i++) {
         if (ctx->checks[i].slot) {
             (void) ngx_http_ratelimit_redis_detach(ctx->checks[i].slot);
@@ -1431,16 +2306,13 @@ ngx_http_ratelimit_cleanup(void *data)
 }
 
 
-/* the SHA-1 of each script is taken once, from the body compiled in */
+/* the SHA-1 of a script is taken once, from the body compiled in */
 
 static ngx_http_ratelimit_script_t *
-ngx_http_ratelimit_script(ngx_uint_t algorithm)
+ngx_http_ratelimit_script(ngx_http_ratelimit_script_t *script)
 {
-    ngx_sha1_t                    sha1;
-    ngx_http_ratelimit_script_t  *script;
-    u_char                        digest[20];
-
-    script = &ngx_http_ratelimit_scripts[algorithm];
+    ngx_sha1_t  sha1;
+    u_char      digest[20];
 
     if (script->sha1[0] == '\0') {
         ngx_sha1_init(&sha1);

@@ -40,7 +40,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     st = &zone->sh->stats;
     ring = zone->ring;
 
-    len = sizeof("{\"shards\":[],}\n") + 16 * (NGX_ATOMIC_T_LEN + 24)
+    len = sizeof("{\"shards\":[],}\n") + 20 * (NGX_ATOMIC_T_LEN + 24)
           + (ring ? ring->nshards * (64 + 64 + NGX_ATOMIC_T_LEN) : 0);
 
     b = ngx_create_temp_buf(r->pool, len);
@@ -54,6 +54,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
                           "\"failed_closed\":%uA,\"redis_commands\":%uA,"
                           "\"redis_writes\":%uA,\"redis_replies\":%uA,"
                           "\"noscript\":%uA,\"rule_lookups\":%uA,"
+                          "\"refunds\":%uA,"
                           "\"rule_cache\":{\"entries\":%ui,\"evictions\":%ui},"
                           "\"deny_cache\":{\"entries\":%ui,\"evictions\":%ui},"
                           "\"shards\":[",
@@ -61,7 +62,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
                           st->denied_cached, st->failed_open,
                           st->failed_closed, st->redis_commands,
                           st->redis_writes, st->redis_replies, st->noscript,
-                          st->rule_lookups,
+                          st->rule_lookups, st->refunds,
                           zone->sh->rule_cache.entries,
                           zone->sh->rule_cache.evictions,
                           zone->sh->deny_cache.entries,

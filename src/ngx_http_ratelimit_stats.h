@@ -24,6 +24,7 @@ typedef struct {
     ngx_atomic_t                    redis_replies;
     ngx_atomic_t                    noscript;
     ngx_atomic_t                    rule_lookups;   /* rule cache misses */
+    ngx_atomic_t                    refunds;        /* checks given back */
 } ngx_http_ratelimit_stats_t;
 
 

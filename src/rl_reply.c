@@ -41,69 +41,6 @@ rl_reply_error(const redisReply *reply, const char **why)
 
 
 int
-rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,
-    const char **why)
-{
-    int                rc;
-    size_t             i;
-    long long          v[5];
-    const redisReply  *e;
-
-    rc = rl_reply_error(reply, why);
-
-    if (rc != RL_REPLY_OK) {
-        return rc;
-    }
-
-    if (reply->type != REDIS_REPLY_ARRAY
-        || (reply->elements != 4 && reply->elements != 5))
-    {
-        *why = "reply is not an array of 4 or 5 elements";
-        return RL_REPLY_MALFORMED;
-    }
-
-    for (i = 0; i < reply->elements; i++) {
-        e = reply->element[i];
-
-        if (e == NULL || e->type != REDIS_REPLY_INTEGER
-            || e->integer < (i == 0 ? -1 : 0))
-        {
-            *why = "reply element is not a non-negative integer";
-            return RL_REPLY_MALFORMED;
-        }
-
-        v[i] = e->integer;
-    }
-
-    result->now_ms = (reply->elements == 5) ? v[4] : -1;
-    result->t_ms = -1;
-
-    if (v[0] == -1) {
-        *why = "the check ran after its deadline";
-        return RL_REPLY_EXPIRED;
-    }
-
-    if (v[0] > 1) {
-        *why = "allowed flag is neither 0 nor 1";
-        return RL_REPLY_MALFORMED;
-    }
-
-    /* a denial that names no retry time would make Retry-After a lie */
-    if (v[0] == 0 && v[2] == 0) {
-        *why = "denied without a retry time";
-        return RL_REPLY_MALFORMED;
-    }
-
-    result->allowed = (int) v[0];
-    result->remaining = v[1];
-    result->retry_after_ms = v[2];
-    result->reset_ms = v[3];
-
-    return RL_REPLY_OK;
-}
-
-
-int
 rl_reply_decode_batch(const redisReply *reply, size_t n,
     rl_check_result_t *results, long long *now_ms, const char **why)
 {

@@ -33,14 +33,6 @@ typedef struct {
 
 
 /*
- * Decodes {allowed, remaining, retry_after_ms, reset_ms[, now_ms]}; allowed
- * -1 is RL_REPLY_EXPIRED (with result->now_ms set).  On anything but
- * RL_REPLY_OK, *why says what was wrong (static or inside the reply).
- */
-int rl_reply_decode_check(const redisReply *reply, rl_check_result_t *result,
-    const char **why);
-
-/*
  * Decodes the reply of lua/check.lua for n checks: 5 integers per check
  * {allowed, remaining, retry_ms, reset_ms, t_ms}, then now_ms, into
  * results[0 .. n-1] (each with now_ms) and *now_ms.  allowed -1 (the

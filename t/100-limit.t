@@ -234,8 +234,8 @@ Retry-After: [1-9][0-9]*
 --- error_code eval
 [200, 200, 429, 200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=1;t=1800", "RateLimit: \"default\";r=0;t=3600",
- "RateLimit: \"default\";r=0;t=3600",
+["RateLimit: \"default\";r=1;t=1800", "RateLimit: \"default\";r=0;t=1800",
+ "RateLimit: \"default\";r=0;t=1800",
  "RateLimit: \"default\";r=0;t=1800", "RateLimit: \"default\";r=0;t=1800"]
 
 
@@ -288,8 +288,8 @@ Retry-After: [1-9][0-9]*
 [200, 200, 429]
 --- response_headers_like eval
 ["RateLimit: \"default\";r=1;t=1800\nRetry-After: ",
- "RateLimit: \"default\";r=0;t=3600\nRetry-After: ",
- "RateLimit: \"default\";r=0;t=3600\nRetry-After: 180[0-9]"]
+ "RateLimit: \"default\";r=0;t=1800\nRetry-After: ",
+ "RateLimit: \"default\";r=0;t=1800\nRetry-After: 1800"]
 
 
 
@@ -481,7 +481,7 @@ found
 --- error_code eval
 [200, 200, 200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=2;t=1200", "RateLimit: \"default\";r=1;t=2400",
- "RateLimit: \"default\";r=0;t=3600", "RateLimit: \"default\";r=0;t=3600"]
+["RateLimit: \"default\";r=2;t=1200", "RateLimit: \"default\";r=1;t=1200",
+ "RateLimit: \"default\";r=0;t=1200", "RateLimit: \"default\";r=0;t=1200"]
 --- response_body_like eval
 ["^found\n\\z", "^found\n\\z", "^found\n\\z", "429 Too Many Requests"]

@@ -2,8 +2,10 @@
 # the legacy X-RateLimit-* set, none at all; Retry-After on every denial.
 #
 # Token bucket, 3 per 60 s: a token comes back every 20 s, so after n
-# requests the full quota is back in 20 * n seconds ("t", X-RateLimit-Reset)
-# and the next token after a denial in 20 s (Retry-After).  The requests of a
+# requests one more unit than what remains can be used in 20 s ("t", the
+# draft's effective window), the full quota is back in 20 * n seconds
+# (X-RateLimit-Reset), and the next token after a denial comes in 20 s
+# (Retry-After, and t).  The requests of a
 # block take milliseconds, and times are rounded up to whole seconds, so the
 # values are exact.
 #
@@ -15,13 +17,13 @@ use Test::Nginx::Socket;
 our $Run = "t102-$$-" . time();
 
 # sliding window, 2 per hour (TEST 6): a count made at any time in the
-# current hour weighs until the end of the next one, 3601 to 7200 s from now;
-# after 2 requests the next passes half way into the next hour, 1801 to 5400
-# s from now
-our $SwReset = '(?:360[1-9]|36[1-9][0-9]|3[7-9][0-9][0-9]|[4-6][0-9]{3}'
-               . '|7[01][0-9][0-9]|7200)';
+# current hour weighs until the end of the next one; after 2 requests the
+# next passes half way into the next hour, 1801 to 5400 s from now
+# (Retry-After), and "t" says that too, but never more than the window
 our $SwRetry = '(?:180[1-9]|18[1-9][0-9]|19[0-9][0-9]|[2-4][0-9]{3}'
                . '|5[0-3][0-9][0-9]|5400)';
+our $SwT = '(?:180[1-9]|18[1-9][0-9]|19[0-9][0-9]|2[0-9]{3}|3[0-5][0-9][0-9]'
+           . '|3600)';
 
 no_shuffle();
 repeat_each(1);
@@ -54,10 +56,10 @@ __DATA__
 --- response_headers eval
 [map { qq{RateLimit-Policy: "default";q=3;w=60\nRateLimit: $_} }
  qq{"default";r=2;t=20\n!Retry-After},
- qq{"default";r=1;t=40\n!Retry-After},
- qq{"default";r=0;t=60\n!Retry-After},
- qq{"default";r=0;t=60\nRetry-After: 20},
- qq{"default";r=0;t=60\nRetry-After: 20}]
+ qq{"default";r=1;t=20\n!Retry-After},
+ qq{"default";r=0;t=20\n!Retry-After},
+ qq{"default";r=0;t=20\nRetry-After: 20},
+ qq{"default";r=0;t=20\nRetry-After: 20}]
 
 
 
@@ -180,7 +182,7 @@ __DATA__
 
 
 
-=== TEST 6: sliding window: same headers; t is when this window's count stops weighing
+=== TEST 6: sliding window: same headers; t is when one more unit can be used, never more than w
 --- http_config
     ratelimit_zone ratelimit:1m;
     ratelimit_redis_timeout 1s;   # a busy box is no shard failure
@@ -201,7 +203,8 @@ __DATA__
 [200, 200, 429]
 --- response_headers_like eval
 # windows are fixed hours and their counts weigh until the end of the next
-# one: t is 3601 to 7200 s; a denial waits until half the next hour
-["RateLimit: \"default\";r=1;t=$::SwReset\nRetry-After: ",
- "RateLimit: \"default\";r=0;t=$::SwReset\nRetry-After: ",
- "RateLimit: \"default\";r=0;t=$::SwReset\nRetry-After: $::SwRetry"]
+# one: a second unit more is never free within the hour (t=3600); a denial
+# waits until half the next hour
+["RateLimit: \"default\";r=1;t=3600\nRetry-After: ",
+ "RateLimit: \"default\";r=0;t=$::SwT\nRetry-After: ",
+ "RateLimit: \"default\";r=0;t=$::SwT\nRetry-After: $::SwRetry"]

@@ -90,8 +90,8 @@ __DATA__
 [200, 200, 429]
 --- response_headers eval
 ["RateLimit: \"default\";r=1;t=1\n!Retry-After",
- "RateLimit: \"default\";r=0;t=2\n!Retry-After",
- "RateLimit: \"default\";r=0;t=2\nRetry-After: 1"]
+ "RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]
 
 
 
@@ -117,7 +117,7 @@ main::sleep_until(main::prime("$::Run-tb2", 3) + 0.5);
 GET /t
 --- error_code: 429
 --- response_headers
-RateLimit: "default";r=0;t=2
+RateLimit: "default";r=0;t=1
 Retry-After: 1
 
 
@@ -148,8 +148,8 @@ main::sleep_until($t0 + 1.05);
 --- error_code eval
 [200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=0;t=2\n!Retry-After",
- "RateLimit: \"default\";r=0;t=2\nRetry-After: 1"]
+["RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]
 
 
 
@@ -173,10 +173,10 @@ main::sleep_until($t0 + 1.05);
 [200, 200, 200, 200, 429]
 --- response_headers eval
 ["RateLimit: \"default\";r=3;t=1\n!Retry-After",
- "RateLimit: \"default\";r=2;t=2\n!Retry-After",
- "RateLimit: \"default\";r=1;t=3\n!Retry-After",
- "RateLimit: \"default\";r=0;t=4\n!Retry-After",
- "RateLimit: \"default\";r=0;t=4\nRetry-After: 1"]
+ "RateLimit: \"default\";r=2;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=1;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]
 
 
 
@@ -202,8 +202,8 @@ main::sleep_until(main::prime("$::Run-refill5", 5) + 1.1);
 --- error_code eval
 [200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=0;t=4\n!Retry-After",
- "RateLimit: \"default\";r=0;t=4\nRetry-After: 1"]
+["RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]
 
 
 
@@ -221,8 +221,9 @@ main::sleep_until(main::prime("$::Run-refill5", 5) + 1.1);
         empty_gif;
     }
 --- init
-# the count of this window weighs until the end of the next one (t=4), and
-# 2 of 2 leave room for one more only half way into the next one (3 s)
+# the count of this window weighs until the end of the next one, and 2 of 2
+# leave room for one more only half way into the next one (3 s): t, the
+# draft's effective window, says no more than the window (2 s)
 main::align(2000, 100);
 --- more_headers eval
 "X-User-Id: $::Run-sw"
@@ -231,9 +232,9 @@ main::align(2000, 100);
 --- error_code eval
 [200, 200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=1;t=4\n!Retry-After",
- "RateLimit: \"default\";r=0;t=4\n!Retry-After",
- "RateLimit: \"default\";r=0;t=4\nRetry-After: 3"]
+["RateLimit: \"default\";r=1;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=2\nRetry-After: 3"]
 
 
 
@@ -262,7 +263,7 @@ main::sleep_until($start + 2.1);
 GET /t
 --- error_code: 429
 --- response_headers
-RateLimit: "default";r=0;t=2
+RateLimit: "default";r=0;t=1
 Retry-After: 1
 
 
@@ -295,8 +296,8 @@ main::sleep_until($start + 3.1);
 --- error_code eval
 [200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=0;t=3\n!Retry-After",
- "RateLimit: \"default\";r=0;t=3\nRetry-After: 1"]
+["RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]
 
 
 
@@ -323,11 +324,11 @@ main::align(2000, 1600);
 --- error_code eval
 [200, 200, 200, 200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=3;t=3\n!Retry-After",
- "RateLimit: \"default\";r=2;t=3\n!Retry-After",
- "RateLimit: \"default\";r=1;t=3\n!Retry-After",
- "RateLimit: \"default\";r=0;t=3\n!Retry-After",
- "RateLimit: \"default\";r=0;t=3\nRetry-After: 1"]
+["RateLimit: \"default\";r=3;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=2;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=1;t=2\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]
 
 
 
@@ -357,6 +358,6 @@ main::sleep_until($start + 2 + 1.15);
 --- error_code eval
 [200, 200, 429]
 --- response_headers eval
-["RateLimit: \"default\";r=1;t=3\n!Retry-After",
- "RateLimit: \"default\";r=0;t=3\n!Retry-After",
- "RateLimit: \"default\";r=0;t=3\nRetry-After: 1"]
+["RateLimit: \"default\";r=1;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\n!Retry-After",
+ "RateLimit: \"default\";r=0;t=1\nRetry-After: 1"]

@@ -56,7 +56,7 @@ subtest 'two edge nodes share one count' => sub {
     is $ra->{status}, 429, 'sixth on node A denied';
     is $rb->{status}, 429, 'seventh on node B denied';
     like $rb->{headers}{'retry-after'}, qr/^\d+$/, 'Retry-After from node B';
-    is $rb->{headers}{ratelimit}, '"default";r=0;t=3600',
+    is $rb->{headers}{ratelimit}, '"default";r=0;t=720',
         'node B reports the count node A made';
 };
 

@@ -63,7 +63,7 @@ subtest 'SCRIPT FLUSH is transparent' => sub {
     $_->cli('SCRIPT', 'FLUSH') for $keep, $victim;
     my $r = $nginx->get('/closed/x', 'X-User-Id' => $on_keep[0]);
     is $r->{status}, 200, 'second request of the key still allowed';
-    is $r->{headers}{ratelimit}, '"default";r=0;t=3600', 'and counted';
+    is $r->{headers}{ratelimit}, '"default";r=0;t=1800', 'and counted';
     $r = $nginx->get('/closed/x', 'X-User-Id' => $on_victim[0]);
     is $r->{status}, 200, 'same on the other shard';
     is $nginx->get('/closed/x', 'X-User-Id' => $on_keep[0])->{status}, 429,

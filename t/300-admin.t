@@ -119,7 +119,7 @@ subtest 'an upgrade lets a blocked customer through, here at once and there with
     my $r = $a->get('/api/x', 'X-User-Id' => $id);
     is $r->{status}, 200, 'next request on A allowed';
     is $r->{headers}{'ratelimit-policy'}, '"default";q=10;w=3600', 'under the new rule';
-    is $r->{headers}{ratelimit}, '"default";r=6;t=1440',
+    is $r->{headers}{ratelimit}, '"default";r=6;t=360',
         'the count so far judged against the new limit (10 - 4 used; '
         . 'denials never counted)';
 
@@ -152,7 +152,7 @@ subtest 'a key known to be over its limit is denied without asking Redis' => sub
     my @st = map { $a->get('/api/x', 'X-User-Id' => $id) } 1 .. 20;
     is_deeply [map { $_->{status} } @st], [(429) x 20], '20 more denials';
     like $st[-1]{headers}{'retry-after'}, qr/^[1-9]\d*$/, 'each with Retry-After';
-    is $st[-1]{headers}{ratelimit}, '"default";r=0;t=3600', 'and the headers';
+    is $st[-1]{headers}{ratelimit}, '"default";r=0;t=1200', 'and the headers';
     my $after = decode_json($a->get('/stats')->{content});
     is $after->{denied_cached} - $before->{denied_cached}, 20,
         'all 20 denied from the zone';

@@ -6,7 +6,9 @@
 -- real time cannot do:
 --
 -- - a check of cost 1 answers and writes exactly what the old scripts
---   (token_bucket.lua, sliding_window.lua) do; one of cost c exactly what
+--   (t/lib/reference/token_bucket.lua, sliding_window.lua: the module's
+--   one-check scripts before check.lua, kept as the reference) do; one of
+--   cost c exactly what
 --   c of theirs at the same ms do together;
 -- - denied: retry_ms later the same check passes, 1 ms earlier it does not;
 --   a cost above the limit says the window;

@@ -191,7 +191,7 @@ sub serve {
                 next;
             }
             $c->{in} .= $buf;
-            while (defined(my $cmd = take_command(\$c->{in}))) {
+            while (defined(my $cmd = take_command(\$c->{in}, \$c->{numkeys}))) {
                 $say->('cmd', $c->{id}, $cmd);
                 $self->on_command($c, $cmd, $now);
             }
@@ -244,7 +244,12 @@ sub on_command {
         $c->{stream_until} = $now + $self->{stream_for};
 
     } else {
-        my $reply = $cmd =~ /^EVAL/ ? "*4\r\n:1\r\n:9\r\n:0\r\n:1000\r\n"
+        # a check script's answer: each check allowed, then the clock
+        my $n = $c->{numkeys} || 1;
+        my $reply = $cmd =~ /^EVAL/
+                  ? '*' . (5 * $n + 1) . "\r\n"
+                    . ":1\r\n:9\r\n:0\r\n:1000\r\n:1000\r\n" x $n
+                    . ':' . int($now * 1000) . "\r\n"
                   : $cmd =~ /^H?GET$/ ? "\$-1\r\n"
                   : "+OK\r\n";
         my $start = $c->{busy_until} && $c->{busy_until} > $now
@@ -256,8 +261,9 @@ sub on_command {
 
 # Removes one complete command ("*N\r\n" then N bulk strings) from the
 # buffer; returns its name and first key, or undef while it is incomplete.
+# The third word (an EVALSHA's number of keys) goes to $$numkeys.
 sub take_command {
-    my ($buf) = @_;
+    my ($buf, $numkeys) = @_;
     return undef unless $$buf =~ /\A\*(\d+)\r\n/;
     my ($argc, $pos) = ($1, $+[0]);
     my ($name, $key) = ('', '');
@@ -268,6 +274,7 @@ sub take_command {
         my $start = pos($$buf);
         return undef if length($$buf) < $start + $len + 2;
         $name = uc substr($$buf, $start, $len) if $i == 1;
+        $$numkeys = substr($$buf, $start, $len) if $i == 3 && $numkeys;
         $key = substr($$buf, $start, $len) if $i == 4;
         $pos = $start + $len + 2;
     }

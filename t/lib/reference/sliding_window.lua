@@ -1,3 +1,5 @@
+-- REFERENCE ONLY: the module's one-check script before lua/check.lua,
+-- kept for t/lib/check_fuzz.lua, which holds check.lua to it.
 -- Sliding window counter rate limiter (contract and maths: lua/README.md).
 -- KEYS[1] = counter key; ARGV[1] = limit per window; ARGV[2] = window_ms.
 -- ARGV[3] = deadline (optional).  Returns {allowed, remaining,

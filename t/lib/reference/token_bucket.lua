@@ -1,3 +1,5 @@
+-- REFERENCE ONLY: the module's one-check script before lua/check.lua,
+-- kept for t/lib/check_fuzz.lua, which holds check.lua to it.
 -- Token bucket rate limiter (contract and maths: lua/README.md).
 -- KEYS[1] = bucket key; ARGV[1] = limit (capacity); ARGV[2] = window_ms
 -- (time to refill an empty bucket).  Returns
