@@ -45,10 +45,12 @@ $(NGX_BUILD)/objs/Makefile: config $(wildcard $(NGINX_SRC)/conf_flags)
 	    --with-ld-opt="$(LD_OPT)" --add-dynamic-module=$(CURDIR)' \
 	    > configure.log || { tail -20 configure.log; exit 1; }
 
+# the .so is replaced by a new file, never rewritten in place: a running
+# nginx has the old one mapped
 $(MODULE): $(NGX_BUILD)/objs/Makefile $(SOURCES) $(SCRIPTS) lua/embed.sh
 	sh lua/embed.sh $(NGX_BUILD)/objs/ngx_http_ratelimit_scripts.h $(SCRIPTS)
 	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
-	cp $(NGX_BUILD)/objs/ngx_http_ratelimit_module.so $@
+	cp $(NGX_BUILD)/objs/ngx_http_ratelimit_module.so $@.tmp && mv $@.tmp $@
 
 unit:
 	@sh t/unit/build.sh
