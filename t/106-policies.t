@@ -448,3 +448,30 @@ GET /t
  "RateLimit-Policy: \"burst\";q=1;w=60, \"daily\";q=7;w=120",
  "",
  "RateLimit-Policy: \"burst\";q=7;w=120, \"daily\";q=7;w=120"]
+
+
+
+=== TEST 17: an internal redirect counts each policy once: try_files into a location with the same policy and another
+--- http_config
+    ratelimit_policy shared $http_x_user_id limit=3 window=1h;
+    ratelimit_policy extra $http_x_user_id limit=3 window=1h;
+--- config
+    location /front {
+        ratelimit shared;
+        try_files /nothing-here @back;
+    }
+    location @back {
+        ratelimit shared;
+        ratelimit extra;
+        empty_gif;
+    }
+    location /shared { ratelimit shared cost=0; empty_gif; }
+    location /extra { ratelimit extra cost=0; empty_gif; }
+--- more_headers eval
+"X-User-Id: $::Run-redirect"
+--- pipelined_requests eval
+["GET /front", "GET /shared", "GET /extra"]
+--- error_code eval
+[200, 200, 200]
+--- response_headers eval
+["", "RateLimit: \"shared\";r=2;t=1200", "RateLimit: \"extra\";r=2;t=1200"]
