@@ -1082,6 +1082,7 @@ ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx)
 
     if (!group->eval) {
         ngx_http_ratelimit_count(checks, group->nchecks);
+        ngx_http_ratelimit_count(batches, 1);
     }
 
     if (ctx->timer.timer_set) {

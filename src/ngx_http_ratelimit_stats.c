@@ -40,7 +40,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     st = &zone->sh->stats;
     ring = zone->ring;
 
-    len = sizeof("{\"shards\":[],}\n") + 20 * (NGX_ATOMIC_T_LEN + 24)
+    len = sizeof("{\"shards\":[],}\n") + 24 * (NGX_ATOMIC_T_LEN + 24)
           + (ring ? ring->nshards * (64 + 64 + NGX_ATOMIC_T_LEN) : 0);
 
     b = ngx_create_temp_buf(r->pool, len);
@@ -49,7 +49,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     }
 
     b->last = ngx_sprintf(b->last,
-                          "{\"checks\":%uA,\"allowed\":%uA,\"denied\":%uA,"
+                          "{\"checks\":%uA,\"batches\":%uA,\"allowed\":%uA,\"denied\":%uA,"
                           "\"denied_cached\":%uA,\"failed_open\":%uA,"
                           "\"failed_closed\":%uA,\"redis_commands\":%uA,"
                           "\"redis_writes\":%uA,\"redis_replies\":%uA,"
@@ -58,7 +58,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
                           "\"rule_cache\":{\"entries\":%ui,\"evictions\":%ui},"
                           "\"deny_cache\":{\"entries\":%ui,\"evictions\":%ui},"
                           "\"shards\":[",
-                          st->checks, st->allowed, st->denied,
+                          st->checks, st->batches, st->allowed, st->denied,
                           st->denied_cached, st->failed_open,
                           st->failed_closed, st->redis_commands,
                           st->redis_writes, st->redis_replies, st->noscript,

@@ -13,7 +13,8 @@
 
 
 typedef struct {
-    ngx_atomic_t                    checks;         /* limited requests */
+    ngx_atomic_t                    checks;         /* sent to a shard */
+    ngx_atomic_t                    batches;        /* check script calls */
     ngx_atomic_t                    allowed;
     ngx_atomic_t                    denied;
     ngx_atomic_t                    denied_cached;  /* without Redis */
