@@ -32,6 +32,7 @@
 
 
 #include "ngx_http_ratelimit_handler.h"
+#include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_zone.h"
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_rules.h"
@@ -50,9 +51,7 @@
 #define NGX_HTTP_RATELIMIT_REJECTED          5   /* the worst, last */
 
 
-/* the values lua/check.lua takes per check, after its key */
-#define NGX_HTTP_RATELIMIT_CHECK_ARGS        7
-/* and lua/refund.lua */
+/* the values lua/refund.lua takes per check, after its key */
 #define NGX_HTTP_RATELIMIT_REFUND_ARGS       5
 
 
@@ -88,6 +87,7 @@ typedef struct {
 
     ngx_uint_t                         status;     /* NGX_HTTP_RATELIMIT_* */
     rl_check_result_t                  result;     /* when has_result */
+    ngx_http_ratelimit_batch_check_t   wire;       /* as the script takes it */
 
     unsigned                           dry_run:1;
     unsigned                           limits:1;   /* a caller was found */
@@ -97,14 +97,17 @@ typedef struct {
 } ngx_http_ratelimit_check_t;
 
 
-/* the checks bound for one shard: one script call */
+/* the request's checks bound for one shard: a group of a batch's call */
 typedef struct {
+    ngx_uint_t                         shard;
     ngx_http_ratelimit_conn_t         *conn;
     ngx_http_ratelimit_health_t       *health;
     ngx_http_ratelimit_check_t       **checks;     /* in ctx->order */
     ngx_uint_t                         nchecks;
     long long                          taken_at;   /* shard's ms, 0: not */
-    unsigned                           eval:1;     /* resent after NOSCRIPT */
+
+    ngx_http_ratelimit_member_t        member;     /* in a batch */
+    ngx_http_ratelimit_batch_check_t  *wire[NGX_HTTP_RATELIMIT_MAX_POLICIES];
 } ngx_http_ratelimit_group_t;
 
 
@@ -124,13 +127,12 @@ struct ngx_http_ratelimit_ctx_s {
     ngx_http_ratelimit_group_t         groups[NGX_HTTP_RATELIMIT_MAX_POLICIES];
     ngx_uint_t                         ngroups;
     ngx_uint_t                         current;    /* the group in flight */
-    ngx_http_ratelimit_slot_t         *slot;       /* its command */
-    unsigned                           in_flight:1; /* until decided */
 
     ngx_msec_t                         closed_retry;
 
     ngx_int_t                          rc;         /* the verdict */
 
+    unsigned                           in_flight:1; /* the current group */
     unsigned                           planned:1;
     unsigned                           denied:1;   /* a policy refused */
     unsigned                           closed:1;   /* failing closed */
@@ -140,11 +142,6 @@ struct ngx_http_ratelimit_ctx_s {
     unsigned                           answered:1; /* problem details sent */
 };
 
-
-typedef struct {
-    ngx_str_t                          body;
-    u_char                             sha1[40];
-} ngx_http_ratelimit_script_t;
 
 
 /* a script call being built: its arguments, and room for their numbers */
@@ -187,13 +184,13 @@ static void ngx_http_ratelimit_advance(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check);
 static ngx_int_t ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx);
-static void ngx_http_ratelimit_group_reply(void *data, redisReply *reply);
+static void ngx_http_ratelimit_group_done(void *data, ngx_int_t rc,
+    rl_check_result_t *results, long long now_ms, const char *why);
 static void ngx_http_ratelimit_group_decided(ngx_http_ratelimit_ctx_t *ctx,
     rl_check_result_t *results, long long now_ms);
 static void ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
     const char *reason);
-static void ngx_http_ratelimit_lost(ngx_http_ratelimit_ctx_t *ctx,
-    ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check);
 static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
 static void ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
     const char *reason);
@@ -226,36 +223,12 @@ static u_char *ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data,
     size_t len, size_t *escaped);
 static void ngx_http_ratelimit_learn_clock(ngx_http_ratelimit_conn_t *conn,
     int64_t now_ms);
-static int64_t ngx_http_ratelimit_local_ms(void);
 static void ngx_http_ratelimit_cleanup(void *data);
-static ngx_http_ratelimit_script_t *ngx_http_ratelimit_script(
-    ngx_http_ratelimit_script_t *script);
 
 
-/*
- * The limiter scripts start with the bounds of a rule, from rl_rule.h: the
- * configuration, the admin endpoint and the scripts refuse alike.
- */
-
-#define ngx_http_ratelimit_stringify(n)   ngx_http_ratelimit_stringify_(n)
-#define ngx_http_ratelimit_stringify_(n)  #n
-
-#define NGX_HTTP_RATELIMIT_LUA_BOUNDS                                         \
-    "local RL_MAX_LIMIT = "                                                   \
-    ngx_http_ratelimit_stringify(RL_RULE_MAX_LIMIT) "\n"                      \
-    "local RL_MIN_WINDOW_MS = "                                               \
-    ngx_http_ratelimit_stringify(RL_RULE_MIN_WINDOW) " * 1000\n"              \
-    "local RL_MAX_WINDOW_MS = "                                               \
-    ngx_http_ratelimit_stringify(RL_RULE_MAX_WINDOW) " * 1000\n"
-
-
-static ngx_http_ratelimit_script_t  ngx_http_ratelimit_check_script = {
-    ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS NGX_HTTP_RATELIMIT_LUA_CHECK), ""
-};
-
-static ngx_http_ratelimit_script_t  ngx_http_ratelimit_refund_script = {
-    ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS NGX_HTTP_RATELIMIT_LUA_REFUND), ""
-};
+/* sent as EVAL: refunds are rare (see ngx_http_ratelimit_give_back()) */
+static ngx_str_t  ngx_http_ratelimit_refund_script =
+    ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS NGX_HTTP_RATELIMIT_LUA_REFUND);
 
 
 /* indexed by RL_RULE_ALGORITHM_*: in Redis keys and in script arguments */
@@ -303,13 +276,6 @@ static ngx_http_variable_t  ngx_http_ratelimit_vars[] = {
 static ngx_msec_t  ngx_http_ratelimit_logged_at;
 static ngx_msec_t  ngx_http_ratelimit_refund_logged_at;
 
-/*
- * Set while this worker drops the connection to a stalled shard: the shard
- * may yet wake up and run the checks it has been sent, each up to its
- * deadline, so those requests wait out their own timeout rather than take
- * the fail path early and still be counted.
- */
-static ngx_uint_t  ngx_http_ratelimit_dropping_stalled;
 
 
 ngx_int_t
@@ -645,7 +611,7 @@ ngx_http_ratelimit_rule_reply(void *data, redisReply *reply)
     check->slot = NULL;
 
     if (reply == NULL) {
-        ngx_http_ratelimit_lost(ctx, check);
+        ngx_http_ratelimit_lost(check);
         return;
     }
 
@@ -923,6 +889,7 @@ ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx)
 
         if (i == 0 || ctx->order[i - 1]->shard != check->shard) {
             group = &ctx->groups[ctx->ngroups++];
+            group->shard = check->shard;
             group->conn = check->conn;
             group->health = check->health;
             group->checks = &ctx->order[i];
@@ -994,187 +961,89 @@ ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check)
 
 
 /*
- * The current group as one call of lua/check.lua: its checks as one
- * all-or-nothing group, with the request's deadline in the shard's clock.
+ * The current group joins the batch of its shard: one call of lua/check.lua
+ * at the end of this turn of the event loop decides it, all or nothing,
+ * with the checks of other requests for that shard.
  */
 
 static ngx_int_t
 ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx)
 {
-    int64_t                       deadline;
-    ngx_str_t                    *alg, dl;
-    ngx_uint_t                    i;
-    ngx_http_ratelimit_args_t     args;
-    ngx_http_ratelimit_check_t   *check;
-    ngx_http_ratelimit_group_t   *group;
-    ngx_http_ratelimit_script_t  *script;
+    ngx_uint_t                   i;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_group_t  *group;
 
     group = &ctx->groups[ctx->current];
-    script = ngx_http_ratelimit_script(&ngx_http_ratelimit_check_script);
 
-    if (ngx_http_ratelimit_args_init(&args, ctx->request->pool,
-                             3 + group->nchecks
-                               * (1 + NGX_HTTP_RATELIMIT_CHECK_ARGS),
-                             2 + group->nchecks * 3)
+    for (i = 0; i < group->nchecks; i++) {
+        check = group->checks[i];
+
+        check->wire.key = check->key;
+        check->wire.key_len = check->key_len;
+        check->wire.algorithm =
+                      &ngx_http_ratelimit_algorithm_ids[check->rule.algorithm];
+        check->wire.limit = check->rule.limit;
+        check->wire.window_ms = check->rule.window * 1000;
+        check->wire.cost = check->cost;
+        check->wire.dry_run = check->dry_run;
+
+        group->wire[i] = &check->wire;
+    }
+
+    group->member.checks = group->wire;
+    group->member.nchecks = group->nchecks;
+    group->member.handler = ngx_http_ratelimit_group_done;
+    group->member.data = ctx;
+
+    if (ngx_http_ratelimit_batch_add(group->shard, &group->member,
+                                     ctx->timeout)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (group->eval) {
-        ngx_http_ratelimit_args_string(&args, "EVAL", 4);
-        ngx_http_ratelimit_args_string(&args, (const char *) script->body.data,
-                                       script->body.len);
-
-    } else {
-        ngx_http_ratelimit_args_string(&args, "EVALSHA", 7);
-        ngx_http_ratelimit_args_string(&args, (const char *) script->sha1,
-                                       sizeof(script->sha1));
-    }
-
-    ngx_http_ratelimit_args_number(&args, group->nchecks);
-
-    for (i = 0; i < group->nchecks; i++) {
-        check = group->checks[i];
-        ngx_http_ratelimit_args_string(&args, (const char *) check->key,
-                                       check->key_len);
-    }
-
-    /*
-     * The deadline is this request's timeout in the shard's clock, as far
-     * as the shard's replies have told it (the offset is 0 until the first
-     * one: a clock far off costs that one check its fail path).
-     */
-
-    deadline = ngx_http_ratelimit_local_ms()
-               + *ngx_http_ratelimit_redis_clock_offset(group->conn)
-               + (int64_t) ctx->timeout;
-
-    /* one string for every check's deadline */
-
-    dl.data = args.last;
-    args.last = ngx_sprintf(args.last, "%L", deadline > 0 ? deadline : 0);
-    dl.len = args.last - dl.data;
-
-    for (i = 0; i < group->nchecks; i++) {
-        check = group->checks[i];
-        alg = &ngx_http_ratelimit_algorithm_ids[check->rule.algorithm];
-
-        ngx_http_ratelimit_args_string(&args, "1", 1);   /* the group */
-        ngx_http_ratelimit_args_string(&args, (const char *) dl.data, dl.len);
-        ngx_http_ratelimit_args_string(&args, (const char *) alg->data,
-                                       alg->len);
-        ngx_http_ratelimit_args_number(&args, check->rule.limit);
-        ngx_http_ratelimit_args_number(&args, check->rule.window * 1000);
-        ngx_http_ratelimit_args_number(&args, check->cost);
-        ngx_http_ratelimit_args_string(&args, check->dry_run ? "1" : "0", 1);
-    }
-
-    ctx->slot = ngx_http_ratelimit_redis_send(group->conn, args.argc,
-                                              args.argv, args.argvlen,
-                                              ngx_http_ratelimit_group_reply,
-                                              ctx);
-    if (ctx->slot == NULL) {
-        return NGX_ERROR;
-    }
-
     ctx->in_flight = 1;
-
-    if (!group->eval) {
-        ngx_http_ratelimit_count(checks, group->nchecks);
-        ngx_http_ratelimit_count(batches, 1);
-    }
-
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
-
-    ngx_add_timer(&ctx->timer, ctx->timeout);
 
     return NGX_OK;
 }
 
 
 static void
-ngx_http_ratelimit_group_reply(void *data, redisReply *reply)
+ngx_http_ratelimit_group_done(void *data, ngx_int_t rc,
+    rl_check_result_t *results, long long now_ms, const char *why)
 {
     ngx_http_ratelimit_ctx_t *ctx = data;
 
-    int                          rc;
     ngx_uint_t                   i;
-    long long                    now_ms;
-    const char                  *why;
-    rl_check_result_t            results[NGX_HTTP_RATELIMIT_MAX_POLICIES];
     ngx_http_ratelimit_group_t  *group;
 
-    ctx->slot = NULL;
     group = &ctx->groups[ctx->current];
+    ctx->in_flight = 0;
 
-    if (reply == NULL) {
-        ngx_http_ratelimit_lost(ctx, NULL);
+    if (rc != NGX_OK) {
+        ngx_http_ratelimit_group_failed(ctx, why);
         return;
     }
 
-    rc = rl_reply_decode_batch(reply, group->nchecks, results, &now_ms, &why);
-
-    if (rc == RL_REPLY_OK && now_ms > 0) {
+    if (now_ms > 0) {
         ngx_http_ratelimit_learn_clock(group->conn, now_ms);
     }
 
-    switch (rc) {
+    for (i = 0; i < group->nchecks; i++) {
+        if (results[i].allowed < 0) {
 
-    case RL_REPLY_OK:
+            /*
+             * Our idea of the shard's clock was off (it is learnt now):
+             * nothing was counted, so the group takes the fail path like a
+             * late one.
+             */
 
-        for (i = 0; i < group->nchecks; i++) {
-            if (results[i].allowed < 0) {
-
-                /*
-                 * Our idea of the shard's clock was off (it is learnt
-                 * now): nothing was counted, so the group takes the fail
-                 * path like a late one.
-                 */
-
-                ngx_http_ratelimit_group_failed(ctx, "check ran too late");
-                return;
-            }
+            ngx_http_ratelimit_group_failed(ctx, "check ran too late");
+            return;
         }
-
-        if (ctx->timer.timer_set) {
-            ngx_del_timer(&ctx->timer);
-        }
-
-        ngx_http_ratelimit_group_decided(ctx, results, now_ms);
-        return;
-
-    case RL_REPLY_NOSCRIPT:
-
-        /* a restarted or flushed shard: EVAL caches the script again */
-
-        if (!group->eval) {
-            ngx_log_debug0(NGX_LOG_DEBUG_HTTP,
-                           ctx->request->connection->log, 0,
-                           "ratelimit: NOSCRIPT, sending EVAL");
-            group->eval = 1;
-            ngx_http_ratelimit_count(noscript, 1);
-
-            if (ngx_http_ratelimit_send_group(ctx) == NGX_OK) {
-                return;
-            }
-        }
-
-        break;
-
-    default:
-        break;
     }
 
-    if (ngx_http_ratelimit_log_due(&ngx_http_ratelimit_logged_at)) {
-        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                      "ratelimit: shard %V answered: %s",
-                      ngx_http_ratelimit_redis_name(group->conn), why);
-    }
-
-    ngx_http_ratelimit_group_failed(ctx, "unusable reply");
+    ngx_http_ratelimit_group_decided(ctx, results, now_ms);
 }
 
 
@@ -1193,7 +1062,6 @@ ngx_http_ratelimit_group_decided(ngx_http_ratelimit_ctx_t *ctx,
 
     group = &ctx->groups[ctx->current];
     refused = 0;
-    ctx->in_flight = 0;
 
     for (i = 0; i < group->nchecks; i++) {
         check = group->checks[i];
@@ -1245,16 +1113,8 @@ ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
 
     group = &ctx->groups[ctx->current];
 
-    if (ctx->slot) {
-        (void) ngx_http_ratelimit_redis_detach(ctx->slot);
-        ctx->slot = NULL;
-    }
-
+    ngx_http_ratelimit_batch_detach(&group->member);
     ctx->in_flight = 0;
-
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
 
     for (i = 0; i < group->nchecks; i++) {
         ngx_http_ratelimit_failed(group->checks[i], reason);
@@ -1266,28 +1126,14 @@ ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
 }
 
 
-/*
- * The connection of a lookup (check) or of the group in flight (NULL)
- * failed.  When this worker is dropping it because the shard stalled, the
- * shard may yet wake up and run the group it was sent, up to its deadline:
- * the request then waits out its timeout rather than take the fail path
- * early and still count.
- */
+/* the connection of a rule lookup failed: a lookup writes nothing */
 
 static void
-ngx_http_ratelimit_lost(ngx_http_ratelimit_ctx_t *ctx,
-    ngx_http_ratelimit_check_t *check)
+ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check)
 {
-    if (check == NULL) {
-        if (ngx_http_ratelimit_dropping_stalled && ctx->timer.timer_set) {
-            return;
-        }
+    ngx_http_ratelimit_ctx_t  *ctx;
 
-        ngx_http_ratelimit_group_failed(ctx, "connection to shard lost");
-        return;
-    }
-
-    /* a rule lookup writes nothing: it may fail at once */
+    ctx = check->ctx;
 
     ngx_http_ratelimit_failed(check, "connection to shard lost");
 
@@ -1301,6 +1147,13 @@ ngx_http_ratelimit_lost(ngx_http_ratelimit_ctx_t *ctx,
 }
 
 
+/*
+ * The rule lookups took longer than the timeout (a batch of checks has a
+ * timer of its own).  A shard slower than that is failing: its connection
+ * is dropped, and the shard marked down.  This request moves on first,
+ * though: it waited longest.
+ */
+
 static void
 ngx_http_ratelimit_timeout(ngx_event_t *ev)
 {
@@ -1308,63 +1161,36 @@ ngx_http_ratelimit_timeout(ngx_event_t *ev)
 
     ngx_uint_t                   i, n;
     ngx_http_ratelimit_check_t  *check;
-    ngx_http_ratelimit_group_t  *group;
     ngx_http_ratelimit_conn_t   *stuck[NGX_HTTP_RATELIMIT_MAX_POLICIES];
-
-    /*
-     * A shard that answers slower than the timeout is failing: its
-     * connection is dropped, so everything queued behind takes its fail
-     * path, and the shard is marked down.  This request moves on first,
-     * though: it waited longest.
-     */
 
     n = 0;
 
-    if (ctx->lookups) {
+    for (i = 0; i < ctx->nchecks; i++) {
+        check = &ctx->checks[i];
 
-        for (i = 0; i < ctx->nchecks; i++) {
-            check = &ctx->checks[i];
-
-            if (check->slot == NULL) {
-                continue;
-            }
-
-            (void) ngx_http_ratelimit_redis_detach(check->slot);
-            check->slot = NULL;
-
-            if (ngx_http_ratelimit_redis_stuck(check->conn, ctx->timeout)) {
-                stuck[n++] = check->conn;
-            }
-
-            ngx_http_ratelimit_failed(check, "rule lookup timed out");
+        if (check->slot == NULL) {
+            continue;
         }
 
-        ctx->lookups = 0;
+        (void) ngx_http_ratelimit_redis_detach(check->slot);
+        check->slot = NULL;
 
-        /* the request may be gone after this */
-
-        ngx_http_ratelimit_advance(ctx);
-
-    } else if (ctx->in_flight) {
-
-        /* the group's connection may be gone already: see lost() */
-
-        group = &ctx->groups[ctx->current];
-
-        if (ngx_http_ratelimit_redis_stuck(group->conn, ctx->timeout)) {
-            stuck[n++] = group->conn;
+        if (ngx_http_ratelimit_redis_stuck(check->conn, ctx->timeout)) {
+            stuck[n++] = check->conn;
         }
 
-        ngx_http_ratelimit_group_failed(ctx, "shard timed out");
+        ngx_http_ratelimit_failed(check, "rule lookup timed out");
     }
 
-    ngx_http_ratelimit_dropping_stalled = 1;
+    ctx->lookups = 0;
+
+    /* the request may be gone after this */
+
+    ngx_http_ratelimit_advance(ctx);
 
     for (i = 0; i < n; i++) {
-        ngx_http_ratelimit_redis_fail(stuck[i], "timed out");
+        ngx_http_ratelimit_batch_fail_conn(stuck[i], "timed out");
     }
-
-    ngx_http_ratelimit_dropping_stalled = 0;
 }
 
 
@@ -1548,7 +1374,7 @@ ngx_http_ratelimit_give_back(ngx_http_ratelimit_ctx_t *ctx)
     ngx_http_ratelimit_args_t     args;
     ngx_http_ratelimit_check_t   *check;
     ngx_http_ratelimit_group_t   *group;
-    ngx_http_ratelimit_script_t  *script;
+    ngx_str_t                    *script;
 
     script = &ngx_http_ratelimit_refund_script;
 
@@ -1569,8 +1395,8 @@ ngx_http_ratelimit_give_back(ngx_http_ratelimit_ctx_t *ctx)
         }
 
         ngx_http_ratelimit_args_string(&args, "EVAL", 4);
-        ngx_http_ratelimit_args_string(&args, (const char *) script->body.data,
-                                       script->body.len);
+        ngx_http_ratelimit_args_string(&args, (const char *) script->data,
+                                       script->len);
 
         n = 0;
 
@@ -2293,9 +2119,9 @@ ngx_http_ratelimit_cleanup(void *data)
 
     /* a reply may still come: it must find nobody, not freed memory */
 
-    if (ctx->slot) {
-        (void) ngx_http_ratelimit_redis_detach(ctx->slot);
-        ctx->slot = NULL;
+    if (ctx->in_flight) {
+        ngx_http_ratelimit_batch_detach(&ctx->groups[ctx->current].member);
+        ctx->in_flight = 0;
     }
 
     for (i = 0; i < ctx->nchecks; i++) {
@@ -2304,25 +2130,6 @@ ngx_http_ratelimit_cleanup(void *data)
             ctx->checks[i].slot = NULL;
         }
     }
-}
-
-
-/* the SHA-1 of a script is taken once, from the body compiled in */
-
-static ngx_http_ratelimit_script_t *
-ngx_http_ratelimit_script(ngx_http_ratelimit_script_t *script)
-{
-    ngx_sha1_t  sha1;
-    u_char      digest[20];
-
-    if (script->sha1[0] == '\0') {
-        ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, script->body.data, script->body.len);
-        ngx_sha1_final(digest, &sha1);
-        ngx_hex_dump(script->sha1, digest, sizeof(digest));
-    }
-
-    return script;
 }
 
 
@@ -2351,17 +2158,6 @@ ngx_http_ratelimit_escape(ngx_http_request_t *r, u_char *data, size_t len,
     *escaped = n;
 
     return p;
-}
-
-
-static int64_t
-ngx_http_ratelimit_local_ms(void)
-{
-    ngx_time_t  *tp;
-
-    tp = ngx_timeofday();
-
-    return (int64_t) tp->sec * 1000 + tp->msec;
 }
 
 

@@ -9,6 +9,7 @@
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_rules.h"
 #include "ngx_http_ratelimit_handler.h"
+#include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_admin.h"
 #include "ngx_http_ratelimit_stats.h"
 
@@ -1588,6 +1589,7 @@ ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_ratelimit_rules_exit_process(cycle);
     ngx_http_ratelimit_redis_exit_process(cycle);
+    ngx_http_ratelimit_batch_exit_process();
 
     rmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_ratelimit_module);

@@ -166,6 +166,18 @@ ngx_http_ratelimit_log_due(ngx_msec_t *logged_at)
 }
 
 
+/* this worker's clock in ms, as the shards' clocks are compared with it */
+static ngx_inline int64_t
+ngx_http_ratelimit_local_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
 extern ngx_module_t  ngx_http_ratelimit_module;
 
 

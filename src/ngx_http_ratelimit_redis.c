@@ -106,6 +106,7 @@ struct ngx_http_ratelimit_conn_s {
     ngx_uint_t                         max_waiting;
     ngx_queue_t                        spare;
 
+    void                              *batch;   /* its owner's open batch */
     ngx_msec_int_t                     clock_offset;  /* kept across
                                                          reconnects */
     ngx_msec_t                         logged_at;
@@ -318,6 +319,13 @@ ngx_http_ratelimit_redis_clock_offset(ngx_http_ratelimit_conn_t *conn)
     }
 
     return &conn->clock_offset;
+}
+
+
+void **
+ngx_http_ratelimit_redis_batch(ngx_http_ratelimit_conn_t *conn)
+{
+    return &conn->batch;
 }
 
 

@@ -75,6 +75,8 @@ ngx_uint_t ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,
 ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);
 ngx_msec_int_t *ngx_http_ratelimit_redis_clock_offset(
     ngx_http_ratelimit_conn_t *conn);
+/* a field kept per connection for the batches (NULL conn: not allowed) */
+void **ngx_http_ratelimit_redis_batch(ngx_http_ratelimit_conn_t *conn);
 
 
 
