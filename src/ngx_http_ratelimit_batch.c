@@ -28,7 +28,7 @@
 
 
 /* lua/check.lua's values per check, after its key */
-#define NGX_HTTP_RATELIMIT_CHECK_ARGS  7
+#define NGX_HTTP_RATELIMIT_CHECK_ARGS  9
 
 #define NGX_HTTP_RATELIMIT_BATCH_ARGS                                         \
     (3 + NGX_HTTP_RATELIMIT_BATCH_MAX * (1 + NGX_HTTP_RATELIMIT_CHECK_ARGS))
@@ -80,6 +80,8 @@ static u_char *ngx_http_ratelimit_batch_number(
     ngx_http_ratelimit_batch_t *batch, ngx_uint_t arg, u_char *p, int64_t n);
 static void ngx_http_ratelimit_batch_reply(void *data, redisReply *reply);
 static void ngx_http_ratelimit_batch_timeout(ngx_event_t *ev);
+static void ngx_http_ratelimit_batch_fail_conn(
+    ngx_http_ratelimit_conn_t *conn, const char *reason);
 static void ngx_http_ratelimit_batch_end(ngx_http_ratelimit_batch_t *batch,
     ngx_int_t rc, rl_check_result_t *results, long long now_ms,
     const char *why);
@@ -423,6 +425,13 @@ ngx_http_ratelimit_batch_send(ngx_http_ratelimit_batch_t *batch)
 
             batch->argv[argc] = c->dry_run ? "1" : "0";
             batch->argvlen[argc++] = 1;
+
+            batch->argv[argc] = c->field ? (const char *) c->field : "";
+            batch->argvlen[argc++] = c->field_len;
+
+            batch->argv[argc] = c->policy_field
+                                ? (const char *) c->policy_field : "";
+            batch->argvlen[argc++] = c->policy_field_len;
         }
     }
 
@@ -548,7 +557,13 @@ ngx_http_ratelimit_batch_timeout(ngx_event_t *ev)
 }
 
 
-void
+/*
+ * Drops the connection to a shard that stalled: the batches it was sent
+ * wait out their own timeout, since the shard may yet wake up and run
+ * them (each up to its deadline).
+ */
+
+static void
 ngx_http_ratelimit_batch_fail_conn(ngx_http_ratelimit_conn_t *conn,
     const char *reason)
 {

@@ -48,6 +48,12 @@ typedef struct {
     int64_t                            window_ms;
     ngx_uint_t                         cost;
     ngx_uint_t                         dry_run;
+
+    /* the rules to read, when the node does not know them (else NULL) */
+    u_char                            *field;         /* the customer's */
+    size_t                             field_len;
+    u_char                            *policy_field;  /* for the policy */
+    size_t                             policy_field_len;
 } ngx_http_ratelimit_batch_check_t;
 
 
@@ -96,14 +102,6 @@ ngx_int_t ngx_http_ratelimit_batch_add(ngx_uint_t shard,
  * not written yet (ngx_http_ratelimit_redis_detach()).
  */
 void ngx_http_ratelimit_batch_detach(ngx_http_ratelimit_member_t *member);
-
-/*
- * Drops the connection to a shard that stalled: the batches it was sent
- * wait out their own timeout, since the shard may yet wake up and run
- * them (each up to its deadline).
- */
-void ngx_http_ratelimit_batch_fail_conn(ngx_http_ratelimit_conn_t *conn,
-    const char *reason);
 
 void ngx_http_ratelimit_batch_exit_process(void);
 

@@ -12,8 +12,11 @@
  * and a request any policy denies consumes nothing from any of them.
  *
  *   1. Each check finds its caller's key, its cost, and the rule in force
- *      for its customer and policy: from the zone's rule cache or, the
- *      first time, from a live shard (one HGET or HMGET, then cached).
+ *      for its customer and policy from the zone's rule cache.  When the
+ *      cache does not know it, the check itself asks for it: the script
+ *      reads the customer's rules on the key's shard (every shard holds
+ *      every rule), decides under the rule in force and returns it, to be
+ *      cached.  A rule never costs a round trip of its own.
  *   2. A check the deny cache knows to be over its limit denies the request
  *      at once.  The others are grouped by the shard their key lives on.
  *   3. The groups go out one after the other, in the ring's order of their
@@ -25,9 +28,9 @@
  *      policies all allowed it, so concurrent requests can be refused by
  *      what it holds only until it is given back, never let through.
  *
- * The request is suspended while a lookup or a group is in flight; the
- * reply (or the timeout, or the loss of the connection) moves it on, and
- * once decided the handler runs again and returns the verdict.
+ * The request is suspended while a group is in flight; the reply (or the
+ * timeout, or the loss of the connection) moves it on, and once decided the
+ * handler runs again and returns the verdict.
  */
 
 
@@ -69,7 +72,7 @@ typedef struct {
     ngx_str_t                          customer;   /* whose rule applies */
     rl_limit_t                         rule;       /* the limit in force */
 
-    size_t                             field_len;  /* of its rule, cached */
+    size_t                             field_len;  /* its rule's, cached */
     u_char                             field[NGX_HTTP_RATELIMIT_MAX_RULE_FIELD];
 
     size_t                             key_len;
@@ -83,7 +86,6 @@ typedef struct {
     ngx_uint_t                         shard;
     ngx_http_ratelimit_conn_t         *conn;
     ngx_http_ratelimit_health_t       *health;
-    ngx_http_ratelimit_slot_t         *slot;       /* its rule lookup */
 
     ngx_uint_t                         status;     /* NGX_HTTP_RATELIMIT_* */
     rl_check_result_t                  result;     /* when has_result */
@@ -94,6 +96,7 @@ typedef struct {
     unsigned                           active:1;   /* still to be decided */
     unsigned                           has_result:1;
     unsigned                           taken:1;    /* Redis counted it */
+    unsigned                           read_rule:1; /* not cached: ask */
 } ngx_http_ratelimit_check_t;
 
 
@@ -117,14 +120,14 @@ struct ngx_http_ratelimit_ctx_s {
     ngx_http_ratelimit_zone_t         *zone;
     ngx_uint_t                         epoch;      /* of the zone's caches */
     ngx_msec_t                         timeout;
-    ngx_event_t                        timer;
 
     ngx_http_ratelimit_check_t        *checks;     /* the location's order */
     ngx_uint_t                         nchecks;
-    ngx_uint_t                         lookups;    /* rules still asked for */
 
-    ngx_http_ratelimit_check_t        *order[NGX_HTTP_RATELIMIT_MAX_POLICIES];
-    ngx_http_ratelimit_group_t         groups[NGX_HTTP_RATELIMIT_MAX_POLICIES];
+    /* a check may go out twice: again after its rule moved its key */
+    ngx_http_ratelimit_check_t        *order[2 * NGX_HTTP_RATELIMIT_MAX_POLICIES];
+    ngx_uint_t                         nordered;
+    ngx_http_ratelimit_group_t         groups[2 * NGX_HTTP_RATELIMIT_MAX_POLICIES];
     ngx_uint_t                         ngroups;
     ngx_uint_t                         current;    /* the group in flight */
 
@@ -175,13 +178,17 @@ static ngx_int_t ngx_http_ratelimit_cost(ngx_http_ratelimit_check_t *check,
     ngx_http_ratelimit_use_t *use);
 static ngx_int_t ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check);
 static void ngx_http_ratelimit_find_rule(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_rule_reply(void *data, redisReply *reply);
-static ngx_uint_t ngx_http_ratelimit_stored_rule(
-    ngx_http_ratelimit_check_t *check, redisReply *reply, rl_limit_t *rule);
 static void ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
     rl_limit_t *rule);
+static void ngx_http_ratelimit_learn_rule(ngx_http_ratelimit_check_t *check,
+    rl_check_result_t *result);
 static void ngx_http_ratelimit_advance(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_place(ngx_http_ratelimit_check_t *check);
+static void ngx_http_ratelimit_order(ngx_http_ratelimit_ctx_t *ctx,
+    ngx_http_ratelimit_check_t *check, ngx_uint_t from);
+static void ngx_http_ratelimit_group_shards(ngx_http_ratelimit_ctx_t *ctx,
+    ngx_uint_t from);
 static void ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check);
 static ngx_int_t ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx);
 static void ngx_http_ratelimit_group_done(void *data, ngx_int_t rc,
@@ -190,8 +197,6 @@ static void ngx_http_ratelimit_group_decided(ngx_http_ratelimit_ctx_t *ctx,
     rl_check_result_t *results, long long now_ms);
 static void ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
     const char *reason);
-static void ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check);
-static void ngx_http_ratelimit_timeout(ngx_event_t *ev);
 static void ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
     const char *reason);
 static void ngx_http_ratelimit_denial(ngx_http_ratelimit_check_t *check,
@@ -318,10 +323,6 @@ ngx_http_ratelimit_handler(ngx_http_request_t *r)
         ctx->timeout = rmcf->timeout;
         ctx->epoch = ctx->zone->sh->epoch;
         ctx->rc = NGX_DECLINED;
-
-        ctx->timer.handler = ngx_http_ratelimit_timeout;
-        ctx->timer.data = ctx;
-        ctx->timer.log = r->connection->log;
 
         ctx->nchecks = rlcf->uses->nelts;
         ctx->checks = ngx_pcalloc(r->pool, ctx->nchecks
@@ -531,18 +532,15 @@ ngx_http_ratelimit_caller(ngx_http_ratelimit_check_t *check)
  * The rule in force for the customer under this policy: the policy's own
  * rule for the customer, else the customer's rule for every policy, else
  * the policy's default.  The cache keeps what applies, per customer and
- * policy; a miss asks a live shard (all hold every rule).
+ * policy; when it does not know, the check asks its shard for the rules
+ * (every shard holds every rule) and caches what the shard applied.
  */
 
 static void
 ngx_http_ratelimit_find_rule(ngx_http_ratelimit_check_t *check)
 {
-    ngx_int_t                  shard;
-    ngx_uint_t                 tried, argc;
     rl_limit_t                 rule;
     ngx_str_t                 *policy;
-    const char                *argv[4];
-    size_t                     argvlen[4];
     ngx_http_ratelimit_ctx_t  *ctx;
 
     ctx = check->ctx;
@@ -565,138 +563,8 @@ ngx_http_ratelimit_find_rule(ngx_http_ratelimit_check_t *check)
         return;
     }
 
-    tried = 0;
-    shard = ngx_http_ratelimit_ring_next_live(ctx->zone->ring,
-                                              check->customer.data,
-                                              check->customer.len, &tried);
-
-    if (shard == NGX_ERROR) {
-        ngx_http_ratelimit_failed(check, "every shard is down");
-        return;
-    }
-
-    check->health = &ctx->zone->ring->health[shard];
-    check->conn = ngx_http_ratelimit_redis_conn(shard);
-
-    argc = ngx_http_ratelimit_rules_lookup(argv, argvlen, &check->customer,
-                                           policy, check->field);
-
-    check->slot = ngx_http_ratelimit_redis_send(check->conn, argc, argv,
-                                                argvlen,
-                                                ngx_http_ratelimit_rule_reply,
-                                                check);
-    if (check->slot == NULL) {
-        ngx_http_ratelimit_failed(check, "shard is unreachable");
-        return;
-    }
-
+    check->read_rule = 1;
     ngx_http_ratelimit_count(rule_lookups, 1);
-
-    if (ctx->lookups++ == 0) {
-        ngx_add_timer(&ctx->timer, ctx->timeout);
-    }
-}
-
-
-static void
-ngx_http_ratelimit_rule_reply(void *data, redisReply *reply)
-{
-    ngx_http_ratelimit_check_t *check = data;
-
-    ngx_uint_t                 found;
-    rl_limit_t                 rule;
-    ngx_http_ratelimit_ctx_t  *ctx;
-
-    ctx = check->ctx;
-    check->slot = NULL;
-
-    if (reply == NULL) {
-        ngx_http_ratelimit_lost(check);
-        return;
-    }
-
-    ngx_memzero(&rule, sizeof(rl_limit_t));
-
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
-
-        /* HMGET: the policy's own rule first */
-
-        found = ngx_http_ratelimit_stored_rule(check, reply->element[1], &rule);
-
-        if (found == 0) {
-            found = ngx_http_ratelimit_stored_rule(check, reply->element[0],
-                                                   &rule);
-        }
-
-    } else {
-        found = ngx_http_ratelimit_stored_rule(check, reply, &rule);
-    }
-
-    if (found == (ngx_uint_t) NGX_ERROR) {
-        ngx_http_ratelimit_failed(check, "rule lookup failed");
-
-    } else {
-        ngx_http_ratelimit_rule_cache_put(ctx->zone, check->field,
-                                          check->field_len, &rule, ctx->epoch);
-        ngx_http_ratelimit_apply_rule(check, &rule);
-    }
-
-    if (--ctx->lookups == 0) {
-        if (ctx->timer.timer_set) {
-            ngx_del_timer(&ctx->timer);
-        }
-
-        ngx_http_ratelimit_advance(ctx);
-    }
-}
-
-
-/*
- * One stored value: 1 and *rule when it is a rule, 0 when there is none
- * (absent, deleted, or garbled: logged, the default applies), NGX_ERROR
- * when the reply is no answer to the lookup.
- */
-
-static ngx_uint_t
-ngx_http_ratelimit_stored_rule(ngx_http_ratelimit_check_t *check,
-    redisReply *reply, rl_limit_t *rule)
-{
-    u_char                    *escaped;
-    size_t                     len;
-    ngx_http_ratelimit_ctx_t  *ctx;
-
-    if (reply->type == REDIS_REPLY_NIL) {
-        return 0;
-    }
-
-    if (reply->type != REDIS_REPLY_STRING) {
-        return (ngx_uint_t) NGX_ERROR;
-    }
-
-    switch (ngx_http_ratelimit_rule_parse((u_char *) reply->str, reply->len,
-                                          rule, NULL))
-    {
-    case NGX_OK:
-        return 1;
-
-    case NGX_DECLINED:
-        ngx_memzero(rule, sizeof(rl_limit_t));
-        return 0;
-
-    default:
-        ctx = check->ctx;
-
-        escaped = ngx_http_ratelimit_escape(ctx->request, check->field,
-                                            check->field_len, &len);
-
-        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                      "ratelimit: garbled rule \"%*s\" on shard %V, "
-                      "using the default", len, escaped,
-                      ngx_http_ratelimit_redis_name(check->conn));
-
-        ngx_memzero(rule, sizeof(rl_limit_t));
-        return 0;
-    }
 }
 
 
@@ -721,6 +589,38 @@ ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
 
 
 /*
+ * The shard read the customer's rules for this check and says what applied
+ * (limit 0: no rule): cached for the customer and policy, and in force for
+ * the check, whose key and limit id follow (the trail records the limit it
+ * was really checked against).
+ */
+
+static void
+ngx_http_ratelimit_learn_rule(ngx_http_ratelimit_check_t *check,
+    rl_check_result_t *result)
+{
+    rl_limit_t                 rule;
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+
+    rule.limit = result->rule_limit;
+    rule.window = result->rule_window;
+    rule.algorithm = (int) result->rule_algorithm;
+
+    ngx_http_ratelimit_rule_cache_put(ctx->zone, check->field,
+                                      check->field_len, &rule, ctx->epoch);
+
+    check->read_rule = 0;
+
+    ngx_http_ratelimit_apply_rule(check, &rule);
+    ngx_http_ratelimit_key(check);
+
+    (void) ngx_http_ratelimit_trail_seen(check);
+}
+
+
+/*
  * Moves the request on as far as it goes without waiting: once every rule
  * is known, the plan; then the groups, one at a time; then the verdict.
  */
@@ -740,7 +640,7 @@ ngx_http_ratelimit_advance(ngx_http_ratelimit_ctx_t *ctx)
             break;
         }
 
-        if (ctx->lookups || ctx->in_flight) {
+        if (ctx->in_flight) {
             return;
         }
 
@@ -779,10 +679,9 @@ ngx_http_ratelimit_advance(ngx_http_ratelimit_ctx_t *ctx)
 static void
 ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx)
 {
-    ngx_uint_t                   i, j, n;
+    ngx_uint_t                   i;
     ngx_msec_t                   retry, reset;
     ngx_http_ratelimit_check_t  *check;
-    ngx_http_ratelimit_group_t  *group;
 
     for (i = 0; i < ctx->nchecks; i++) {
         check = &ctx->checks[i];
@@ -828,66 +727,109 @@ ngx_http_ratelimit_plan(ngx_http_ratelimit_ctx_t *ctx)
         return;
     }
 
-    n = 0;
-
     for (i = 0; i < ctx->nchecks; i++) {
         check = &ctx->checks[i];
 
-        if (!check->active) {
-            continue;
+        if (check->active && ngx_http_ratelimit_place(check) == NGX_OK) {
+            ngx_http_ratelimit_order(ctx, check, 0);
         }
-
-        check->shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring,
-                                                      check->key,
-                                                      check->key_len);
-
-        check->health = &ctx->zone->ring->health[check->shard];
-        check->conn = ngx_http_ratelimit_redis_conn(check->shard);
-
-#if (NGX_DEBUG)
-        if (ctx->request->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
-            u_char  *escaped;
-            size_t   len;
-
-            escaped = ngx_http_ratelimit_escape(ctx->request, check->key,
-                                                check->key_len, &len);
-
-            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log,
-                           0, "ratelimit: key \"%*s\" on shard %V", len,
-                           escaped, ngx_http_ratelimit_redis_name(check->conn));
-        }
-#endif
-
-        if (ngx_http_ratelimit_shard_admit(check->health)
-            == NGX_HTTP_RATELIMIT_SHARD_DOWN)
-        {
-            ngx_http_ratelimit_failed(check, "shard is down");
-            continue;
-        }
-
-        if (check->conn == NULL) {
-            ngx_http_ratelimit_failed(check, "no connection to the shard");
-            continue;
-        }
-
-        /* by shard, then in the location's order: an insertion sort */
-
-        for (j = n; j > 0 && ctx->order[j - 1]->shard > check->shard; j--) {
-            ctx->order[j] = ctx->order[j - 1];
-        }
-
-        ctx->order[j] = check;
-        n++;
     }
 
     if (ctx->closed) {
         return;
     }
 
-    for (i = 0; i < n; i++) {
+    ngx_http_ratelimit_group_shards(ctx, 0);
+}
+
+
+/*
+ * The check's shard on the ring: NGX_OK when it may be sent there, else it
+ * took its fail path (the shard is down, or this worker has no connection).
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_place(ngx_http_ratelimit_check_t *check)
+{
+    ngx_http_ratelimit_ctx_t  *ctx;
+
+    ctx = check->ctx;
+
+    check->shard = ngx_http_ratelimit_ring_lookup(ctx->zone->ring, check->key,
+                                                  check->key_len);
+
+    check->health = &ctx->zone->ring->health[check->shard];
+    check->conn = ngx_http_ratelimit_redis_conn(check->shard);
+
+#if (NGX_DEBUG)
+    if (ctx->request->connection->log->log_level & NGX_LOG_DEBUG_HTTP) {
+        u_char  *escaped;
+        size_t   len;
+
+        escaped = ngx_http_ratelimit_escape(ctx->request, check->key,
+                                            check->key_len, &len);
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                       "ratelimit: key \"%*s\" on shard %V", len, escaped,
+                       ngx_http_ratelimit_redis_name(check->conn));
+    }
+#endif
+
+    if (ngx_http_ratelimit_shard_admit(check->health)
+        == NGX_HTTP_RATELIMIT_SHARD_DOWN)
+    {
+        ngx_http_ratelimit_failed(check, "shard is down");
+        return NGX_DECLINED;
+    }
+
+    if (check->conn == NULL) {
+        ngx_http_ratelimit_failed(check, "no connection to the shard");
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The check joins ctx->order, by shard among the checks from "from" on,
+ * then in the location's order: an insertion sort.
+ */
+
+static void
+ngx_http_ratelimit_order(ngx_http_ratelimit_ctx_t *ctx,
+    ngx_http_ratelimit_check_t *check, ngx_uint_t from)
+{
+    ngx_uint_t  j;
+
+    for (j = ctx->nordered;
+         j > from && ctx->order[j - 1]->shard > check->shard;
+         j--)
+    {
+        ctx->order[j] = ctx->order[j - 1];
+    }
+
+    ctx->order[j] = check;
+    ctx->nordered++;
+}
+
+
+/* the checks of ctx->order from "from" on, made groups, one per shard */
+
+static void
+ngx_http_ratelimit_group_shards(ngx_http_ratelimit_ctx_t *ctx,
+    ngx_uint_t from)
+{
+    ngx_uint_t                   i;
+    ngx_http_ratelimit_check_t  *check;
+    ngx_http_ratelimit_group_t  *group;
+
+    group = NULL;
+
+    for (i = from; i < ctx->nordered; i++) {
         check = ctx->order[i];
 
-        if (i == 0 || ctx->order[i - 1]->shard != check->shard) {
+        if (i == from || ctx->order[i - 1]->shard != check->shard) {
             group = &ctx->groups[ctx->ngroups++];
             group->shard = check->shard;
             group->conn = check->conn;
@@ -987,6 +929,28 @@ ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx)
         check->wire.cost = check->cost;
         check->wire.dry_run = check->dry_run;
 
+        /* the rule unknown: the customer's rules, read where the key is */
+
+        if (check->read_rule) {
+            check->wire.field = check->customer.data;
+            check->wire.field_len = check->customer.len;
+
+            if (check->policy->named) {
+                check->wire.policy_field = check->field;
+                check->wire.policy_field_len = check->field_len;
+
+            } else {
+                check->wire.policy_field = NULL;
+                check->wire.policy_field_len = 0;
+            }
+
+        } else {
+            check->wire.field = NULL;
+            check->wire.field_len = 0;
+            check->wire.policy_field = NULL;
+            check->wire.policy_field_len = 0;
+        }
+
         group->wire[i] = &check->wire;
     }
 
@@ -1014,7 +978,8 @@ ngx_http_ratelimit_group_done(void *data, ngx_int_t rc,
 {
     ngx_http_ratelimit_ctx_t *ctx = data;
 
-    ngx_uint_t                   i;
+    ngx_uint_t                   i, from, resend;
+    ngx_http_ratelimit_check_t  *check;
     ngx_http_ratelimit_group_t  *group;
 
     group = &ctx->groups[ctx->current];
@@ -1027,6 +992,44 @@ ngx_http_ratelimit_group_done(void *data, ngx_int_t rc,
 
     if (now_ms > 0) {
         ngx_http_ratelimit_learn_clock(group->conn, now_ms);
+    }
+
+    resend = 0;
+
+    for (i = 0; i < group->nchecks; i++) {
+        if (results[i].allowed == -2) {
+            resend = 1;
+        }
+
+        if (group->checks[i]->read_rule && results[i].rule_limit >= 0) {
+            ngx_http_ratelimit_learn_rule(group->checks[i], &results[i]);
+        }
+    }
+
+    if (resend) {
+
+        /*
+         * A rule names another algorithm than the policy's: the checks
+         * were under the wrong keys, and the shard decided nothing of the
+         * group.  They go out again under their rule's keys, which may
+         * live on other shards.
+         */
+
+        from = ctx->nordered;
+
+        for (i = 0; i < group->nchecks; i++) {
+            check = group->checks[i];
+
+            if (ngx_http_ratelimit_place(check) == NGX_OK) {
+                ngx_http_ratelimit_order(ctx, check, from);
+            }
+        }
+
+        ngx_http_ratelimit_group_shards(ctx, from);
+
+        ctx->current++;
+        ngx_http_ratelimit_advance(ctx);
+        return;
     }
 
     for (i = 0; i < group->nchecks; i++) {
@@ -1123,74 +1126,6 @@ ngx_http_ratelimit_group_failed(ngx_http_ratelimit_ctx_t *ctx,
     ctx->current++;
 
     ngx_http_ratelimit_advance(ctx);
-}
-
-
-/* the connection of a rule lookup failed: a lookup writes nothing */
-
-static void
-ngx_http_ratelimit_lost(ngx_http_ratelimit_check_t *check)
-{
-    ngx_http_ratelimit_ctx_t  *ctx;
-
-    ctx = check->ctx;
-
-    ngx_http_ratelimit_failed(check, "connection to shard lost");
-
-    if (--ctx->lookups == 0) {
-        if (ctx->timer.timer_set) {
-            ngx_del_timer(&ctx->timer);
-        }
-
-        ngx_http_ratelimit_advance(ctx);
-    }
-}
-
-
-/*
- * The rule lookups took longer than the timeout (a batch of checks has a
- * timer of its own).  A shard slower than that is failing: its connection
- * is dropped, and the shard marked down.  This request moves on first,
- * though: it waited longest.
- */
-
-static void
-ngx_http_ratelimit_timeout(ngx_event_t *ev)
-{
-    ngx_http_ratelimit_ctx_t *ctx = ev->data;
-
-    ngx_uint_t                   i, n;
-    ngx_http_ratelimit_check_t  *check;
-    ngx_http_ratelimit_conn_t   *stuck[NGX_HTTP_RATELIMIT_MAX_POLICIES];
-
-    n = 0;
-
-    for (i = 0; i < ctx->nchecks; i++) {
-        check = &ctx->checks[i];
-
-        if (check->slot == NULL) {
-            continue;
-        }
-
-        (void) ngx_http_ratelimit_redis_detach(check->slot);
-        check->slot = NULL;
-
-        if (ngx_http_ratelimit_redis_stuck(check->conn, ctx->timeout)) {
-            stuck[n++] = check->conn;
-        }
-
-        ngx_http_ratelimit_failed(check, "rule lookup timed out");
-    }
-
-    ctx->lookups = 0;
-
-    /* the request may be gone after this */
-
-    ngx_http_ratelimit_advance(ctx);
-
-    for (i = 0; i < n; i++) {
-        ngx_http_ratelimit_batch_fail_conn(stuck[i], "timed out");
-    }
 }
 
 
@@ -1325,10 +1260,7 @@ ngx_http_ratelimit_finish(ngx_http_ratelimit_ctx_t *ctx)
 {
     ngx_int_t  rc;
 
-    /* a 500 may leave lookups in flight: their answers must find nobody */
-
     ngx_http_ratelimit_cleanup(ctx);
-    ctx->lookups = 0;
 
     if (ctx->error) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1643,7 +1575,13 @@ ngx_http_ratelimit_headers(ngx_http_ratelimit_ctx_t *ctx)
         for (i = 0; i < ctx->nchecks; i++) {
             check = &ctx->checks[i];
 
-            if (!check->limits) {
+            /*
+             * A rule nobody has read yet (its shard was not asked: another
+             * policy refused first) is not stated: the default might not
+             * be what is in force.
+             */
+
+            if (!check->limits || check->read_rule) {
                 continue;
             }
 
@@ -2111,24 +2049,11 @@ ngx_http_ratelimit_cleanup(void *data)
 {
     ngx_http_ratelimit_ctx_t *ctx = data;
 
-    ngx_uint_t  i;
-
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
-
-    /* a reply may still come: it must find nobody, not freed memory */
+    /* an answer may still come: it must find nobody, not freed memory */
 
     if (ctx->in_flight) {
         ngx_http_ratelimit_batch_detach(&ctx->groups[ctx->current].member);
         ctx->in_flight = 0;
-    }
-
-    for (i = 0; i < ctx->nchecks; i++) {
-        if (ctx->checks[i].slot) {
-            (void) ngx_http_ratelimit_redis_detach(ctx->checks[i].slot);
-            ctx->checks[i].slot = NULL;
-        }
     }
 }
 

@@ -428,6 +428,10 @@ GET /t
         ratelimit daily;
         empty_gif;
     }
+    location /daily {
+        ratelimit daily cost=0;
+        empty_gif;
+    }
 --- more_headers eval
 "X-User-Id: $::Run-rules\nAuthorization: Bearer test-admin-token-0123456789\nContent-Type: application/json"
 --- pipelined_requests eval
@@ -435,17 +439,19 @@ GET /t
  "PUT /admin/limits\n{\"customer_id\":\"$::Run-rules\",\"policy\":\"burst\",\"limit\":1,\"window\":60}",
  "GET /t",
  "PUT /admin/limits\n{\"customer_id\":\"$::Run-rules\",\"limit\":7,\"window\":120}",
+ "GET /daily",
  "GET /t",
  "DELETE /admin/limits/$::Run-rules?policy=burst",
  "GET /t"]
 --- error_code eval
-[200, 200, 429, 200, 429, 200, 200]
+[200, 200, 429, 200, 200, 429, 200, 200]
 --- response_headers eval
 ["RateLimit-Policy: \"burst\";q=5;w=3600, \"daily\";q=5;w=3600",
  "",
- "RateLimit-Policy: \"burst\";q=1;w=60, \"daily\";q=5;w=3600",
  "",
- "RateLimit-Policy: \"burst\";q=1;w=60, \"daily\";q=7;w=120",
+ "",
+ "RateLimit-Policy: \"daily\";q=7;w=120",
+ "",
  "",
  "RateLimit-Policy: \"burst\";q=7;w=120, \"daily\";q=7;w=120"]
 

@@ -244,11 +244,13 @@ sub on_command {
         $c->{stream_until} = $now + $self->{stream_for};
 
     } else {
-        # a check script's answer: each check allowed, then the clock
+        # a check script's answer: each check allowed (no rule read),
+        # then the clock
         my $n = $c->{numkeys} || 1;
         my $reply = $cmd =~ /^EVAL/
-                  ? '*' . (5 * $n + 1) . "\r\n"
-                    . ":1\r\n:9\r\n:0\r\n:1000\r\n:1000\r\n" x $n
+                  ? '*' . (8 * $n + 1) . "\r\n"
+                    . (":1\r\n:9\r\n:0\r\n:1000\r\n:1000\r\n"
+                       . ":-1\r\n:-1\r\n:-1\r\n") x $n
                     . ':' . int($now * 1000) . "\r\n"
                   : $cmd =~ /^H?GET$/ ? "\$-1\r\n"
                   : "+OK\r\n";
