@@ -481,3 +481,28 @@ GET /t
 [200, 200, 200]
 --- response_headers eval
 ["", "RateLimit: \"shared\";r=2;t=1200", "RateLimit: \"extra\";r=2;t=1200"]
+
+
+
+=== TEST 18: a customer's rule that names another algorithm: the first check learns it from the shard and goes out again under that algorithm's key
+--- http_config
+    ratelimit_policy alg $http_x_user_id limit=100 window=1h;
+--- config
+    location /admin/limits {
+        ratelimit_admin;
+        ratelimit_admin_token test-admin-token-0123456789;
+    }
+    location /t {
+        ratelimit alg;
+        empty_gif;
+    }
+--- more_headers eval
+"X-User-Id: $::Run-alg\nAuthorization: Bearer test-admin-token-0123456789\nContent-Type: application/json"
+--- pipelined_requests eval
+["PUT /admin/limits\n{\"customer_id\":\"$::Run-alg\",\"policy\":\"alg\",\"limit\":2,\"window\":60,\"algorithm\":\"sliding_window\"}",
+ "GET /t", "GET /t", "GET /t"]
+--- error_code eval
+[200, 200, 200, 429]
+--- response_headers eval
+["", "RateLimit-Policy: \"alg\";q=2;w=60\nRateLimit: \"alg\";r=1;t=60",
+ "RateLimit-Policy: \"alg\";q=2;w=60", "RateLimit-Policy: \"alg\";q=2;w=60"]
