@@ -98,6 +98,13 @@ static ngx_http_ratelimit_batch_script_t  ngx_http_ratelimit_check_script = {
 static ngx_http_ratelimit_batch_t  *ngx_http_ratelimit_free_batches;
 static ngx_http_ratelimit_batch_t  *ngx_http_ratelimit_all_batches;
 
+/*
+ * What the batch timers' data points at: nginx's timer code logs the fd of
+ * an event's connection, and a batch has none.  The handler finds its batch
+ * from the event itself.
+ */
+static ngx_connection_t  ngx_http_ratelimit_batch_ident;
+
 /* request-time complaints: at most one line a second per worker */
 static ngx_msec_t  ngx_http_ratelimit_batch_logged_at;
 
@@ -250,7 +257,8 @@ ngx_http_ratelimit_batch_get(ngx_http_ratelimit_conn_t *conn,
         batch->send.log = ngx_cycle->log;
 
         batch->timer.handler = ngx_http_ratelimit_batch_timeout;
-        batch->timer.data = batch;
+        batch->timer.data = &ngx_http_ratelimit_batch_ident;
+        ngx_http_ratelimit_batch_ident.fd = (ngx_socket_t) -1;
         batch->timer.log = ngx_cycle->log;
 
         batch->all = ngx_http_ratelimit_all_batches;
@@ -535,7 +543,8 @@ ngx_http_ratelimit_batch_reply(void *data, redisReply *reply)
 static void
 ngx_http_ratelimit_batch_timeout(ngx_event_t *ev)
 {
-    ngx_http_ratelimit_batch_t *batch = ev->data;
+    ngx_http_ratelimit_batch_t *batch = (ngx_http_ratelimit_batch_t *)
+                     ((u_char *) ev - offsetof(ngx_http_ratelimit_batch_t, timer));
 
     ngx_uint_t                  stuck;
     ngx_http_ratelimit_conn_t  *conn;
