@@ -1,9 +1,15 @@
 -- Rate-limit checks, many in one atomic call (contract and maths:
--- lua/README.md).  KEYS[i] is the counter key of check i; its 7 arguments
--- are ARGV[7*i-6 .. 7*i]: group, deadline_ms, algorithm (tb | sw), limit,
--- window_ms, cost, mode (0 enforced, 1 dry run).  Returns a flat array:
--- for each check {allowed, remaining, retry_ms, reset_ms, t_ms}, then
--- now_ms; allowed is -1 for a check whose group was past its deadline.
+-- lua/README.md).  KEYS[i] is the counter key of check i; its 9 arguments
+-- are ARGV[9*i-8 .. 9*i]: group, deadline_ms, algorithm (tb | sw), limit,
+-- window_ms, cost, mode (0 enforced, 1 dry run), field, policy_field: the
+-- fields of the hash rl:rules holding the customer's rule and its rule
+-- for the policy, read to replace limit, window and algorithm, or '' when
+-- the caller knows the rule.  Returns a flat array: for each check
+-- {allowed, remaining, retry_ms, reset_ms, t_ms, rule_limit, rule_window,
+-- rule_algorithm}, then now_ms; allowed is -1 for a check whose group was
+-- past its deadline, -2 for one whose group must be sent again under the
+-- algorithm of a rule read (the key's name says the algorithm); the rule
+-- is -1, -1, -1 when not read, 0, 0, 0 when read and there is none.
 --
 -- A group (adjacent checks with the same group argument) is all or
 -- nothing: it takes its checks' costs only if every enforced check of it
@@ -45,12 +51,12 @@ local n = #KEYS
 if n < 1 or n > 1024 then
     return redis.error_reply('ERR ratelimit: need 1 to 1024 keys')
 end
-if #ARGV ~= 7 * n then
-    return redis.error_reply('ERR ratelimit: need 7 arguments per key')
+if #ARGV ~= 9 * n then
+    return redis.error_reply('ERR ratelimit: need 9 arguments per key')
 end
 
--- now: the server's clock in whole ms; out: the reply, 5 numbers per check
--- (set below; the functions put each check's numbers there).
+-- now: the server's clock in whole ms; out: the reply, 8 numbers per check
+-- (set below; the functions put each check's first five there).
 local now, out
 local spack, sunpack, format = struct.pack, struct.unpack, string.format
 local MAX_U = RL_MAX_LIMIT * RL_MAX_WINDOW_MS
@@ -87,8 +93,8 @@ local function tb_first(u, K, L, W, LW)
     return x
 end
 
--- Decides check o / 5 + 1 (cost c) against the value v of its key and
--- puts its five numbers in out[o+1 .. o+5].  Returns the value to write
+-- Decides check o / 8 + 1 (cost c) against the value v of its key and
+-- puts its first five numbers in out[o+1 .. o+5].  Returns the value to write
 -- and its TTL (false: keep the key's) when it allows and takes something,
 -- else nothing.
 local function tb(o, v, L, W, c)
@@ -419,11 +425,15 @@ local t = redis.call('TIME')
 local us = t[2] + 0
 now = t[1] * 1000 + (us - us % 1000) / 1000
 
--- The reply, at its full size at once (ARGV has 7 values per check).
+-- The reply, at its full size at once (ARGV has 9 values per check), up
+-- to what unpack can put on Lua's stack (8000 values): past 874 checks it
+-- grows once.
 if n == 1 then
-    out = {0, 0, 0, 0, 0, 0}
+    out = {0, 0, 0, 0, 0, 0, 0, 0, 0}
+elseif n <= 874 then
+    out = {unpack(ARGV, 1, 8 * n + 1)}
 else
-    out = {unpack(ARGV, 1, 5 * n + 1)}
+    out = {unpack(ARGV, 1, 6993)}
 end
 
 -- Which checks run.  The deadline of a group is in ms of this server's
@@ -436,7 +446,7 @@ local num = {}          -- digit string -> its value, or -1 if not digits
                         -- (kept only if there are more checks to come)
 local nlate = 0
 for i = 1, n do
-    local s = ARGV[7 * i - 5]
+    local s = ARGV[9 * i - 7]
     if s ~= '0' then
         local D = num[s]
         if not D then
@@ -469,7 +479,7 @@ elseif nlate < n then
     else
         local ix, keys = {}, {}
         for i = 1, n do
-            local D = num[ARGV[7 * i - 5]]
+            local D = num[ARGV[9 * i - 7]]
             if not (D and D > 0 and now > D) then
                 ix[#ix + 1] = i
                 keys[#ix] = KEYS[i]
@@ -508,42 +518,64 @@ local raw = {}
 local pend, np = {}, 0
 -- The group being decided: its argument, its deadline (string and value),
 -- whether it is late, its first check, whether it passes so far, np at its
--- start; the groups before it.
-local group, gdl, gD, late, g1, pass, gp
+-- start, whether a rule read names another algorithm than a check of it
+-- was sent with; the groups before it.
+local group, gdl, gD, late, g1, pass, gp, resend
 local seen
+-- The rules read: rules[field][policy_field] = {limit, window (s),
+-- algorithm (0 none, 1 tb, 2 sw), window_ms}; read by the function made
+-- when the first check that names a field needs it.
+local rules, read_rule
 
 -- Every argument is checked before anything is written; each check is
 -- decided as soon as its own are.  Strictly digits: "1e3", "-1", "2.5",
 -- " 5" or "" are caller bugs, and guessing what they meant could silently
 -- give a wrong decision.  The round i = n + 1 only ends the last group.
 for i = 1, n + 1 do
-    local a, o = 7 * i - 7, 5 * i - 5
+    local a, o = 9 * i - 9, 8 * i - 8
     local s = ARGV[a + 1]               -- nil after the last check
     if s ~= group then
-        -- The group before ends here.  If it failed, nothing of it is
-        -- written, and its checks that allowed tell the state as it stays:
-        -- decided again as cost 0 (which allows too: less is taken, and
-        -- 1 <= cost).
-        if pass == false and np > gp then
+        -- The group before ends here.  If it must be sent again, nothing
+        -- of it is written and every check of it says -2.  If it failed,
+        -- nothing of it is written, and its checks that allowed tell the
+        -- state as it stays: decided again as cost 0 (which allows too:
+        -- less is taken, and 1 <= cost), under the rule they were decided
+        -- with.
+        if (resend or pass == false) and np > gp then
             for j = np - 3, gp + 1, -4 do
                 raw[pend[j]] = pend[j + 1]
             end
             np = gp
-            for ci = g1, i - 1 do
-                local co = 5 * ci - 5
-                if out[co + 1] == 1 then
-                    local ca = 7 * ci - 7
-                    local k = KEYS[ci]
-                    local v = raw[k]
-                    if v == nil then
-                        if n == 1 then v = v1 else v = vals[ci] end
-                    end
-                    if ARGV[ca + 3] == 'tb' then
-                        tb(co, v, ARGV[ca + 4] + 0, ARGV[ca + 5] + 0, 0)
-                    else
-                        sw(co, v, ARGV[ca + 4] + 0, ARGV[ca + 5] + 0, 0)
+            if not resend then
+                for ci = g1, i - 1 do
+                    local co = 8 * ci - 8
+                    if out[co + 1] == 1 then
+                        local ca = 9 * ci - 9
+                        local k = KEYS[ci]
+                        local v = raw[k]
+                        if v == nil then
+                            if n == 1 then v = v1 else v = vals[ci] end
+                        end
+                        local L, W = out[co + 6], out[co + 7]
+                        if L > 0 then
+                            W = W * 1000
+                        else
+                            L, W = ARGV[ca + 4] + 0, ARGV[ca + 5] + 0
+                        end
+                        if ARGV[ca + 3] == 'tb' then
+                            tb(co, v, L, W, 0)
+                        else
+                            sw(co, v, L, W, 0)
+                        end
                     end
                 end
+            end
+        end
+        if resend then
+            for ci = g1, i - 1 do
+                local co = 8 * ci - 8
+                out[co + 1], out[co + 2], out[co + 3], out[co + 4],
+                    out[co + 5] = -2, 0, 0, 0, 0
             end
         end
         if not s then break end
@@ -559,7 +591,7 @@ for i = 1, n + 1 do
                     'ERR ratelimit: group not adjacent (check ' .. i .. ')')
             end
         end
-        group, g1, pass, gp = s, i, true, np
+        group, g1, pass, gp, resend = s, i, true, np, false
         gdl = ARGV[a + 2]
         gD = num[gdl]
         if not gD then
@@ -627,11 +659,95 @@ for i = 1, n + 1 do
                                  .. ')')
     end
 
+    -- The rule in force, when the caller names its fields (its cache does
+    -- not know it): read once per call for each pair of fields, it
+    -- replaces the limit and window passed, and a rule that names another
+    -- algorithm than the one passed (the key's name says the algorithm)
+    -- sends the whole group back.  Nothing of this runs when the fields
+    -- are empty, the usual case.
+    s = ARGV[a + 8]
+    if s == '' then
+        if ARGV[a + 9] ~= '' then
+            return redis.error_reply('ERR ratelimit: bad rule field (check '
+                                     .. i .. ')')
+        end
+        out[o + 6], out[o + 7], out[o + 8] = -1, -1, -1
+    elseif late then
+        out[o + 6], out[o + 7], out[o + 8] = -1, -1, -1
+    else
+        local pf = ARGV[a + 9]
+        if not rules then
+            rules = {}
+            -- A stored value as ngx_http_ratelimit_rule_parse() reads it:
+            -- "<stamp> <limit> <window> <algorithm>", "~" before the limit
+            -- when a write was undone back to it, the numbers within the
+            -- bounds of a rule; anything else ("-": deleted, garbled, out
+            -- of bounds, none) is no rule.  The policy's rule if it is
+            -- one, else the customer's, else none.
+            local match, sub = string.match, string.sub
+            local algs = {['-'] = 0, token_bucket = 1, sliding_window = 2}
+            local none = {0, 0, 0, 0}
+            read_rule = function(field, pfield)
+                local v, pv
+                if pfield == '' then
+                    -- (the key is not in KEYS: standalone Redis only)
+                    v = redis.call('HGET', 'rl:rules', field)
+                else
+                    local got = redis.call('HMGET', 'rl:rules', field, pfield)
+                    v, pv = got[1], got[2]
+                end
+                if not pv then pv, v = v, false end
+                while pv do
+                    local st, l, w, name = match(pv,
+                        '^(%d+) ~?([1-9]%d*) ([1-9]%d*) (.*)$')
+                    local A = st and algs[name]
+                    if A then
+                        l, w = l + 0, w + 0
+                        local ok = l <= RL_MAX_LIMIT
+                                   and w * 1000 >= RL_MIN_WINDOW_MS
+                                   and w * 1000 <= RL_MAX_WINDOW_MS
+                        -- the C side takes stamps up to 2^64 - 7, any
+                        -- number of leading zeros
+                        if ok and #st >= 20 then
+                            st = match(st, '^0*(.*)$')
+                            if #st > 20 then
+                                ok = false
+                            elseif #st == 20 then
+                                local hi = sub(st, 1, 10) + 0
+                                ok = hi < 1844674407 or hi == 1844674407
+                                     and sub(st, 11) + 0 <= 3709551609
+                            end
+                        end
+                        if ok then return {l, w, A, w * 1000} end
+                    end
+                    pv, v = v, false
+                end
+                return none
+            end
+        end
+        local byf = rules[s]
+        if not byf then
+            byf = {}
+            rules[s] = byf
+        end
+        local ru = byf[pf]
+        if not ru then
+            ru = read_rule(s, pf)
+            byf[pf] = ru
+        end
+        local A = ru[3]
+        out[o + 6], out[o + 7], out[o + 8] = ru[1], ru[2], A
+        if ru[1] > 0 then L, W = ru[1], ru[4] end
+        if A == 1 and alg ~= 'tb' or A == 2 and alg ~= 'sw' then
+            resend = true
+        end
+    end
+
     if late then
         -- Past the deadline: not run, nothing read or written.
         out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] =
             -1, 0, 0, 0, 0
-    else
+    elseif not resend then
         local k = KEYS[i]
         local old = raw[k]
         if old == nil then
@@ -666,5 +782,5 @@ for j = 1, np, 4 do
 end
 
 -- Every answer ends with now: the edge node learns this server's clock.
-out[5 * n + 1] = now
+out[8 * n + 1] = now
 return out

@@ -50,27 +50,40 @@ for my $script (sort keys %body) {
         "$script: SCRIPT LOAD gives the sha1 of the bounds and the file";
 }
 
-# One check in a call of its own: (allowed, remaining, retry_ms, reset_ms,
-# t_ms, now_ms).  %o: cost (1), mode (0), deadline (0), group (1).
-sub call {
-    my ($alg, $key, $limit, $window, %o) = @_;
-    return $r->evalsha($sha{check}, 1, $key, $o{group} // 1,
-                       $o{deadline} // 0, $alg, $limit, $window,
-                       $o{cost} // 1, $o{mode} // 0);
-}
-
 # Several checks in one call, each a hash {key, alg, limit, window, group,
-# deadline, cost, mode}: (a list of [allowed, remaining, retry, reset, t],
-# now).
-sub checks {
+# deadline, cost, mode, field, pfield}: (a list of [allowed, remaining,
+# retry, reset, t, rule_limit, rule_window, rule_algorithm], now).
+sub rchecks {
     my @c = @_;
     my @res = $r->evalsha($sha{check}, scalar @c, (map { $_->{key} } @c),
         map { ($_->{group} // 1, $_->{deadline} // 0, $_->{alg},
-               $_->{limit}, $_->{window}, $_->{cost} // 1, $_->{mode} // 0) }
+               $_->{limit}, $_->{window}, $_->{cost} // 1, $_->{mode} // 0,
+               $_->{field} // '', $_->{pfield} // '') }
             @c);
-    die 'reply of ' . @res . ' for ' . @c . " checks\n" unless @res == 5 * @c + 1;
+    die 'reply of ' . @res . ' for ' . @c . " checks\n" unless @res == 8 * @c + 1;
     my $now = pop @res;
-    return ([map { [@res[5 * $_ .. 5 * $_ + 4]] } 0 .. $#c], $now);
+    return ([map { [@res[8 * $_ .. 8 * $_ + 7]] } 0 .. $#c], $now);
+}
+
+# The same without rule fields: (a list of [allowed, remaining, retry,
+# reset, t], now); every check must say its rule was not read (-1, -1, -1).
+sub checks {
+    my ($res, $now) = rchecks(@_);
+    for my $c (@$res) {
+        my @rule = splice @$c, 5;
+        die "rule fields @rule without a field\n" if "@rule" ne '-1 -1 -1';
+    }
+    return ($res, $now);
+}
+
+# One check in a call of its own, without rule fields: (allowed,
+# remaining, retry_ms, reset_ms, t_ms, now_ms).  %o: cost (1), mode (0),
+# deadline (0), group (1).
+sub call {
+    my ($alg, $key, $limit, $window, %o) = @_;
+    my ($res, $now) = checks({ key => $key, alg => $alg, limit => $limit,
+                               window => $window, %o });
+    return (@{ $res->[0] }, $now);
 }
 
 # refund.lua: (refunded, now); each refund [key, alg, limit, window, cost,
@@ -719,30 +732,32 @@ for my $case (['tb', 'banana'], ['tb', 'x' x 24], ['tb', 'x' x 25],
 
 # Bad arguments: a Redis error, and nothing written anywhere.
 {
-    # [what is wrong, the error, the 7 arguments]
-    my @ok = (1, 0, 'tb', 5, 1000, 1, 0);
+    # [what is wrong, the error, the 9 arguments]
+    my @ok = (1, 0, 'tb', 5, 1000, 1, 0, '', '');
     my @cases;
     for my $limit ('0', '-1', '1.5', 'abc', '', '1000000001', '1e3', ' 5') {
-        push @cases, ["limit '$limit'", 'bad limit', 3, 0, 'tb', $limit, 1000, 1, 0];
+        push @cases, ["limit '$limit'", 'bad limit', 3, 0, 'tb', $limit, 1000, 1, 0, '', ''];
     }
     for my $window ('999', '86400001', '1000.0', 'x', '-1000', '') {
-        push @cases, ["window '$window'", 'bad window', 3, 0, 'sw', 5, $window, 1, 0];
+        push @cases, ["window '$window'", 'bad window', 3, 0, 'sw', 5, $window, 1, 0, '', ''];
     }
     for my $cost ('-1', '1.5', '1000000001', 'x', '', ' 1') {
-        push @cases, ["cost '$cost'", 'bad cost', 3, 0, 'tb', 5, 1000, $cost, 0];
+        push @cases, ["cost '$cost'", 'bad cost', 3, 0, 'tb', 5, 1000, $cost, 0, '', ''];
     }
     for my $alg ('', 'TB', 'fixed', 'tb ') {
-        push @cases, ["algorithm '$alg'", 'bad algorithm', 3, 0, $alg, 5, 1000, 1, 0];
+        push @cases, ["algorithm '$alg'", 'bad algorithm', 3, 0, $alg, 5, 1000, 1, 0, '', ''];
     }
     for my $mode ('', '2', '01', 'dry') {
-        push @cases, ["mode '$mode'", 'bad mode', 3, 0, 'tb', 5, 1000, 1, $mode];
+        push @cases, ["mode '$mode'", 'bad mode', 3, 0, 'tb', 5, 1000, 1, $mode, '', ''];
     }
     for my $d ('-1', '1e3', 'x', '') {
-        push @cases, ["deadline '$d'", 'bad deadline', 3, $d, 'tb', 5, 1000, 1, 0];
+        push @cases, ["deadline '$d'", 'bad deadline', 3, $d, 'tb', 5, 1000, 1, 0, '', ''];
     }
     for my $g ('', 'a', '-1', '1.0') {
-        push @cases, ["group '$g'", 'bad group', $g, 0, 'tb', 5, 1000, 1, 0];
+        push @cases, ["group '$g'", 'bad group', $g, 0, 'tb', 5, 1000, 1, 0, '', ''];
     }
+    # a policy field without the customer's field
+    push @cases, ["policy field without a field", 'bad rule field', 3, 0, 'tb', 5, 1000, 1, 0, '', "acme\x1fburst"];
     my $k = 0;
     for my $case (@cases) {
         my ($what, $err, @args) = @$case;
@@ -750,19 +765,20 @@ for my $case (['tb', 'banana'], ['tb', 'x' x 24], ['tb', 'x' x 25],
         # be allowed
         $k++;
         my @keys = ("tb:bad:$k:1", "tb:bad:$k:2", "tb:bad:$k:3");
-        eval { $r->evalsha($sha{check}, 3, @keys, @ok, 2, 0, 'tb', 5, 1000, 1, 0, @args) };
+        eval { $r->evalsha($sha{check}, 3, @keys, @ok, 2, 0, 'tb', 5, 1000, 1, 0, '', '', @args) };
         like $@, qr/ERR ratelimit: \Q$err\E \(check 3\)/, "$what is an error naming check 3";
         is $r->exists(@keys), 0, "$what: nothing written";
     }
     my @bad = (
         ['no key', 'need 1 to 1024 keys', 0],
         ['1025 keys', 'need 1 to 1024 keys', 1025, (map { "tb:many:$_" } 1 .. 1025), (@ok) x 1025],
-        ['6 arguments', 'need 7 arguments per key', 1, 'tb:bad:n', @ok[0 .. 5]],
-        ['8 arguments', 'need 7 arguments per key', 1, 'tb:bad:n', @ok, 1],
+        ['7 arguments (the contract before rule fields)', 'need 9 arguments per key', 1, 'tb:bad:n', @ok[0 .. 6]],
+        ['8 arguments', 'need 9 arguments per key', 1, 'tb:bad:n', @ok[0 .. 7]],
+        ['10 arguments', 'need 9 arguments per key', 1, 'tb:bad:n', @ok, 1],
         ['a group not adjacent', 'group not adjacent \(check 3\)', 3, 'tb:bad:a1', 'tb:bad:a2', 'tb:bad:a3',
-         @ok, 2, @ok[1 .. 6], @ok],
+         @ok, 2, @ok[1 .. 8], @ok],
         ['deadlines differing within a group', 'deadline differs within the group \(check 2\)', 2,
-         'tb:bad:d1', 'tb:bad:d2', @ok, 1, now_ms() + 5000, @ok[2 .. 6]],
+         'tb:bad:d1', 'tb:bad:d2', @ok, 1, now_ms() + 5000, @ok[2 .. 8]],
     );
     for my $case (@bad) {
         my ($what, $err, @args) = @$case;
@@ -784,10 +800,10 @@ for my $case (['tb', 'banana'], ['tb', 'x' x 24], ['tb', 'x' x 25],
         is_deeply [@res[0 .. 2]], [1, 0, 0], "$alg: the smallest too";
     }
     my @n = (1024, (map { "tb:k1024:$_" } 1 .. 1024),
-             map { ($_, 0, 'tb', 1, 1000, 1, 0) } 1 .. 1024);
+             map { ($_, 0, 'tb', 1, 1000, 1, 0, '', '') } 1 .. 1024);
     my @res = $r->evalsha($sha{check}, @n);
-    is scalar(@res), 5 * 1024 + 1, '1024 checks: 5121 numbers';
-    is scalar(grep { $res[5 * $_] == 1 } 0 .. 1023), 1024, '1024 checks: all allowed';
+    is scalar(@res), 8 * 1024 + 1, '1024 checks: 8193 numbers';
+    is scalar(grep { $res[8 * $_] == 1 } 0 .. 1023), 1024, '1024 checks: all allowed';
 }
 
 # After a NOSCRIPT (script cache flushed), EVAL of the body does the same.
@@ -796,7 +812,7 @@ for my $case (['tb', 'banana'], ['tb', 'x' x 24], ['tb', 'x' x 25],
     eval { call('tb', 'tb:eval', 2, 1000) };
     like $@, qr/NOSCRIPT/, 'NOSCRIPT after SCRIPT FLUSH';
     for my $alg (qw(tb sw)) {
-        my @ok = map { ($r->eval($body{check}, 1, "$alg:eval", 1, 0, $alg, 2, 1000, 1, 0))[0] } 1 .. 3;
+        my @ok = map { ($r->eval($body{check}, 1, "$alg:eval", 1, 0, $alg, 2, 1000, 1, 0, '', ''))[0] } 1 .. 3;
         is_deeply \@ok, [1, 1, 0], "$alg: EVAL allows 2 of 3";
     }
     my @rf = $r->eval($body{refund}, 1, 'tb:eval', 'tb', 2, 1000, 1, now_ms());
@@ -836,7 +852,7 @@ for my $alg (qw(tb sw)) {
         my ($c) = @_;
         my $ok = 0;
         for (1 .. 200) {
-            my @res = $c->evalsha($sha{check}, 1, $key, 1, 0, $alg, 100, 86400000, 1, 0);
+            my @res = $c->evalsha($sha{check}, 1, $key, 1, 0, $alg, 100, 86400000, 1, 0, '', '');
             $ok += $res[0];
             die "bad denial\n" if !$res[0] && $res[2] < 1;
         }
@@ -855,9 +871,9 @@ for my $alg (qw(tb sw)) {
         my $ok = 0;
         for my $i (1 .. 25) {
             my @res = $c->evalsha($sha{check}, 2, $k50, $k30,
-                                  $i, 0, $alg, 50, 86400000, 1, 0,
-                                  $i, 0, $alg, 30, 86400000, 1, 0);
-            $ok++ if $res[0] == 1 && $res[5] == 1;
+                                  $i, 0, $alg, 50, 86400000, 1, 0, '', '',
+                                  $i, 0, $alg, 30, 86400000, 1, 0, '', '');
+            $ok++ if $res[0] == 1 && $res[8] == 1;
         }
         return $ok;
     });
@@ -878,8 +894,10 @@ for my $alg (qw(tb sw)) {
     my $key = "$alg:deadline:$$";
     $r->del($key);
     my $t0 = now_ms();
+    my @raw = $r->evalsha($sha{check}, 1, $key, 1, $t0 - 1, $alg, 5, 60000, 1, 0, '', '');
+    is scalar @raw, 9, "$alg: a late check answers 9 elements";
+    is_deeply [@raw[5 .. 7]], [-1, -1, -1], "$alg: ... its rule not read";
     my @late = call($alg, $key, 5, 60000, deadline => $t0 - 1);
-    is scalar @late, 6, "$alg: a late check answers 6 elements";
     is_deeply [@late[0 .. 4]], [-1, 0, 0, 0, 0], "$alg: a check past its deadline is refused with -1";
     cmp_ok $late[5], '>=', $t0, "$alg: ... and tells the server's clock";
     is $r->exists($key), 0, "$alg: ... and counts nothing";
@@ -976,6 +994,238 @@ for my $alg (qw(tb sw)) {
                     { key => $k, alg => $alg, limit => 5, window => 60000, cost => 3 });
     is_deeply [map { @$_[0, 1] } @$res], [1, 5, 0, 2], "$alg: twice, 3 and 3 of 5: the second denied, the first not taken";
     is $r->exists($k), 0, "$alg: nothing written";
+}
+
+########################################################################
+# Rules read by the script (the fields of rl:rules, when the node's cache
+# does not know the rule)
+########################################################################
+
+# How many times Redis ran a command, scripts' calls included.
+sub cmd_calls {
+    my ($cmd) = @_;
+    my $line = $r->info('commandstats')->{"cmdstat_$cmd"} // '';
+    return $line =~ /\bcalls=(\d+)/ ? $1 : 0;
+}
+
+# The rule a check answered: "limit window algorithm".
+sub rule_of { my ($c) = @_; return "@$c[5 .. 7]" }
+
+my $US = "\x1f";
+
+# The policy's rule beats the customer's, which beats the passed default;
+# the rule's window is in seconds, its limit and window replace those
+# passed.
+{
+    $r->del('rl:rules');
+    $r->hset('rl:rules', 'acme', '5 10 60 -', "acme${US}burst", '6 3 60 -');
+    $r->del(map { "tb:rule:$_" } 1 .. 4);
+    my ($res) = rchecks(
+        { key => 'tb:rule:1', alg => 'tb', limit => 100, window => 1000, group => 1,
+          field => 'acme', pfield => "acme${US}burst" },
+        { key => 'tb:rule:2', alg => 'tb', limit => 100, window => 1000, group => 2,
+          field => 'acme', pfield => "acme${US}daily" },
+        { key => 'tb:rule:3', alg => 'tb', limit => 100, window => 1000, group => 3,
+          field => 'acme' },
+        { key => 'tb:rule:4', alg => 'tb', limit => 100, window => 1000, group => 4,
+          field => 'nobody', pfield => "nobody${US}burst" });
+    is rule_of($res->[0]), '3 60 0', "the policy's rule is read (3 per 60 s, no algorithm)";
+    is_deeply [@{ $res->[0] }[0, 1, 3]], [1, 2, 20000],
+        "and decides: 2 of 3 remaining, full again in 60 s / 3";
+    is state_of('tb:rule:1')->{w}, 60000, 'counted in the rule\'s window (ms)';
+    is rule_of($res->[1]), '10 60 0', "a policy without a rule: the customer's";
+    is $res->[1][1], 9, 'and decides with it: 9 of 10';
+    is rule_of($res->[2]), '10 60 0', "no policy field (HGET): the customer's";
+    is $res->[2][1], 9, 'and decides with it';
+    is rule_of($res->[3]), '0 0 0', 'no rule at all: 0 0 0';
+    is $res->[3][1], 99, 'and the limit passed applies: 99 of 100';
+    is state_of('tb:rule:4')->{w}, 1000, 'in the window passed';
+}
+
+# Deleted ("<stamp> -") and undone ("<stamp> ~<body>") values, as
+# ngx_http_ratelimit_rule_parse reads them: a deleted policy rule falls
+# back to the customer's; "~-" is deleted too; "~<rule>" is that rule.
+{
+    $r->del('rl:rules');
+    $r->hset('rl:rules',
+             'c1', '4 10 60 -', "c1${US}p", '7 -',
+             'c2', '4 ~-', "c2${US}p", '9 ~4 60 -',
+             'c3', '2 ~8 60 -', "c3${US}p", '8 ~-',
+             'c4', '12 -');
+    my @cases = (['c1', "c1${US}p", '10 60 0', 'a deleted policy rule: the customer\'s'],
+                 ['c2', "c2${US}p", '4 60 0', 'an undone policy rule: the rule it went back to'],
+                 ['c2', '', '0 0 0', '"~-": undone back to deleted, no rule'],
+                 ['c3', "c3${US}p", '8 60 0', '"~-" for the policy: the customer\'s, itself undone back to'],
+                 ['c4', "c4${US}p", '0 0 0', 'a deleted customer, no policy rule: none']);
+    my $k = 0;
+    for my $case (@cases) {
+        my ($f, $pf, $want, $what) = @$case;
+        $k++;
+        $r->del("sw:del:$k");
+        my ($res) = rchecks({ key => "sw:del:$k", alg => 'sw', limit => 50, window => 1000,
+                              field => $f, pfield => $pf });
+        is rule_of($res->[0]), $want, $what;
+        my ($limit) = split / /, $want;
+        is $res->[0][1], ($limit || 50) - 1, "... and decides with it";
+    }
+}
+
+# Garbled and out-of-bounds values are no rule (a garbled policy rule falls
+# back to the customer's); the edges of what the C side takes are rules.
+{
+    my @none = ('', 'abc', '5', '5 ', '5 10 60', '5 10 60 TB', '5 10 60 - ',
+                '5 10 60 token_bucket ', ' 5 10 60 -', '5  10 60 -', '5 ~~10 60 -',
+                '5 ~ 10 60 -', '5 -10 60 -', '-5 10 60 -', 'x5 10 60 -', "5 10 60 -\n",
+                "5 10 60 -\0", '5 10.5 60 -', '5 1e3 60 -',
+                '5 0 60 -', '5 1000000001 60 -', '5 010 60 -', '5 10 0 -',
+                '5 10 86401 -', '5 10 060 -', '5 99999999999999999999999 60 -',
+                '18446744073709551610 10 60 -', '18446744073709551616 10 60 -',
+                '99999999999999999999 10 60 -', '184467440737095516090 10 60 -');
+    my @rules = (['18446744073709551609 10 60 -', '10 60 0'],
+                 ['0000018446744073709551609 10 60 -', '10 60 0'],
+                 ['1844674407370955161 10 60 -', '10 60 0'],
+                 ['0 10 60 -', '10 60 0'],
+                 ['5 1000000000 86400 sliding_window', '1000000000 86400 2'],
+                 ['5 1 1 token_bucket', '1 1 1']);
+    $r->del('rl:rules');
+    my $i = 0;
+    $r->hset('rl:rules', 'g' . ++$i, $_) for @none, map { $_->[0] } @rules;
+    $r->hset('rl:rules', 'cust', '1 20 60 -', "cust${US}p", 'garbage');
+    $i = 0;
+    my @c = map { { key => 'tb:garbled:' . ++$i, alg => 'tb', limit => 50, window => 1000,
+                    group => $i, field => "g$i" } } @none, @rules;
+    push @c, { key => 'tb:garbled:last', alg => 'tb', limit => 50, window => 1000,
+               group => 0, field => 'cust', pfield => "cust${US}p" };
+    $r->del(map { $_->{key} } @c);
+    my ($res) = rchecks(@c);
+    for my $j (0 .. $#none) {
+        (my $v = $none[$j]) =~ s/([^ -~])/sprintf '\x%02x', ord $1/ge;
+        is rule_of($res->[$j]) . " $res->[$j][1]", '0 0 0 49', "'$v' is no rule: the default decides";
+    }
+    for my $j (0 .. $#rules) {
+        my ($v, $want) = @{ $rules[$j] };
+        # the sliding window rule names another algorithm: resent
+        is rule_of($res->[@none + $j]), $want, "'$v' is a rule: $want";
+    }
+    is rule_of($res->[-1]) . " $res->[-1][1]", '20 60 0 19', "a garbled policy rule: the customer's";
+}
+
+# A rule without an algorithm keeps the one passed; a rule naming the one
+# passed decides as usual.
+for my $alg (qw(tb sw)) {
+    $r->del('rl:rules');
+    $r->hset('rl:rules', 'acme', '1 4 60 -', 'named', '1 4 60 ' . ($alg eq 'tb' ? 'token_bucket' : 'sliding_window'));
+    $r->del("$alg:noalg", "$alg:named");
+    my ($res) = rchecks({ key => "$alg:noalg", alg => $alg, limit => 50, window => 1000, field => 'acme' },
+                        { key => "$alg:named", alg => $alg, limit => 50, window => 1000, field => 'named',
+                          group => 2 });
+    is_deeply [map { @$_[0, 1, 5 .. 7] } @$res], [1, 3, 4, 60, 0, 1, 3, 4, 60, $alg eq 'tb' ? 1 : 2],
+        "$alg: a rule without algorithm, and one naming $alg: decided, 3 of 4 left";
+    my $st = state_of("$alg:noalg");
+    is $alg eq 'tb' ? $st->{w} : $st->{w}, 60000, "$alg: stored as $alg, in the rule's window";
+}
+
+# A rule naming the other algorithm: its whole group answers -2 ("send
+# again under the rule's algorithm", the rule with it) and writes nothing,
+# to the byte; the other groups of the call run; a group after it on the
+# same customer, sent with the right algorithm, is decided.
+{
+    $r->del('rl:rules');
+    $r->hset('rl:rules', 'acme', '1 5 60 sliding_window');
+    $r->del(qw(tb:rs:1 tb:rs:2 tb:rs:3 sw:rs:4 tb:rs:5));
+    call('tb', 'tb:rs:2', 10, 60000, cost => 3);
+    my $before = $r->get('tb:rs:2');
+    my $ttl = $r->pexpiretime('tb:rs:2');
+    my ($res) = rchecks(
+        { key => 'tb:rs:1', alg => 'tb', limit => 10, window => 60000, group => 1 },
+        { key => 'tb:rs:2', alg => 'tb', limit => 10, window => 60000, group => 1, mode => 1 },
+        { key => 'tb:rs:3', alg => 'tb', limit => 10, window => 60000, group => 1, field => 'acme' },
+        { key => 'tb:rs:2', alg => 'tb', limit => 10, window => 60000, group => 1 },
+        { key => 'sw:rs:4', alg => 'sw', limit => 10, window => 60000, group => 2, field => 'acme' },
+        { key => 'tb:rs:5', alg => 'tb', limit => 10, window => 60000, group => 3 });
+    is_deeply [map { $_->[0] } @$res], [-2, -2, -2, -2, 1, 1],
+        'a rule of another algorithm: -2 for every check of its group, the others run';
+    is_deeply [map { [@$_[1 .. 4]] } @$res[0 .. 3]], [([0, 0, 0, 0]) x 4], 'a -2 check says nothing else';
+    is_deeply [map { rule_of($_) } @$res], ['-1 -1 -1', '-1 -1 -1', '5 60 2', '-1 -1 -1', '5 60 2', '-1 -1 -1'],
+        'the check that read the rule carries it (to be cached); the others say what they read';
+    is $r->exists('tb:rs:1') + $r->exists('tb:rs:3'), 0, 'the -2 group wrote nothing: no key made';
+    is $r->get('tb:rs:2'), $before, 'and left a key it had decided on untouched, byte for byte';
+    is $r->pexpiretime('tb:rs:2'), $ttl, 'TTL too';
+    is $res->[4][1], 4, 'the rule decides the sliding window sent after it: 4 of 5';
+    is state_of('sw:rs:4')->{cur}, 1, 'and it is written';
+    is state_of('tb:rs:5')->{u}, 60000, 'the group without rules is written';
+    # the mismatch first in its group: nothing after it is decided either
+    ($res) = rchecks(
+        { key => 'tb:rs:3', alg => 'tb', limit => 10, window => 60000, field => 'acme' },
+        { key => 'tb:rs:1', alg => 'tb', limit => 10, window => 60000 });
+    is_deeply [map { $_->[0] } @$res], [-2, -2], 'the mismatch first: -2 for both';
+    is $r->exists('tb:rs:1') + $r->exists('tb:rs:3'), 0, 'nothing written';
+    # a lone check
+    my @one = $r->evalsha($sha{check}, 1, 'tb:rs:3', 1, 0, 'tb', 10, 60000, 1, 0, 'acme', '');
+    is "@one[0 .. 7]", '-2 0 0 0 0 5 60 2', 'a lone check: -2 and the rule';
+    is $r->exists('tb:rs:3'), 0, 'nothing written';
+}
+
+# A failed group: its allowed checks answer as the state stays, under the
+# rule they were decided with.
+{
+    $r->del('rl:rules');
+    $r->hset('rl:rules', 'acme', '1 7 60 -');
+    $r->del(qw(tb:rf:1 tb:rf:2));
+    my ($res) = rchecks({ key => 'tb:rf:1', alg => 'tb', limit => 100, window => 1000, cost => 2,
+                          field => 'acme' },
+                        { key => 'tb:rf:2', alg => 'tb', limit => 1, window => 1000, cost => 2 });
+    is_deeply [map { @$_[0, 1] } @$res], [1, 7, 0, 1],
+        'a failed group: the allowed check tells 7 of its rule\'s 7 remaining';
+    is $res->[0][4], 60000, 'and its t is the rule\'s window (all 7 left: 8 never pass)';
+    is $r->exists('tb:rf:1'), 0, 'nothing written';
+}
+
+# The rules are read once per pair of fields per call (HMGET with a policy
+# field, HGET without), not at all when no field is named, nor for a late
+# group; Redis counts the commands scripts call.
+{
+    $r->del('rl:rules');
+    $r->hset('rl:rules', 'acme', '1 1000 60 -', "acme${US}burst", '1 900 60 -', 'beta', '1 800 60 -');
+    my @c;
+    push @c, { key => "tb:once:a$_", alg => 'tb', limit => 5, window => 1000, group => $_,
+               field => 'acme', pfield => "acme${US}burst" } for 1 .. 30;
+    push @c, { key => "tb:once:b$_", alg => 'tb', limit => 5, window => 1000, group => 100 + $_,
+               field => 'acme' } for 1 .. 20;
+    push @c, { key => "tb:once:c$_", alg => 'sw', limit => 5, window => 1000, group => 200 + $_,
+               field => 'beta', pfield => "beta${US}burst" } for 1 .. 10;
+    my ($hget, $hmget) = (cmd_calls('hget'), cmd_calls('hmget'));
+    my ($res) = rchecks(@c);
+    is cmd_calls('hmget') - $hmget, 2, '60 checks, two pairs with a policy field: 2 HMGET';
+    is cmd_calls('hget') - $hget, 1, 'and one customer alone: 1 HGET';
+    is_deeply [map { $res->[$_][1] } 0, 29, 30, 49, 50, 59], [899, 899, 999, 999, 799, 799],
+        'each check decided with its rule';
+
+    ($hget, $hmget) = (cmd_calls('hget'), cmd_calls('hmget'));
+    ($res) = checks(map { { key => "tb:none:$_", alg => 'tb', limit => 5, window => 1000,
+                            group => $_ } } 1 .. 50);
+    is scalar(grep { $_->[0] == 1 } @$res), 50, '50 checks without rule fields: all allowed';
+    is cmd_calls('hmget') - $hmget, 0, 'no HMGET';
+    is cmd_calls('hget') - $hget, 0, 'no HGET';
+
+    ($hget, $hmget) = (cmd_calls('hget'), cmd_calls('hmget'));
+    ($res) = rchecks({ key => 'tb:latefield', alg => 'tb', limit => 5, window => 1000,
+                       deadline => now_ms() - 1000, field => 'acme', pfield => "acme${US}burst" });
+    is_deeply [@{ $res->[0] }[0, 5 .. 7]], [-1, -1, -1, -1], 'a late group: -1, its rule not read';
+    is cmd_calls('hmget') - $hmget + cmd_calls('hget') - $hget, 0, 'no read';
+}
+
+# rl:rules of another type: Redis's WRONGTYPE error, before anything is
+# written.
+{
+    $r->del('rl:rules', 'tb:wt:1', 'tb:wt:2');
+    $r->set('rl:rules', 'x');
+    eval { rchecks({ key => 'tb:wt:1', alg => 'tb', limit => 5, window => 1000, group => 1 },
+                   { key => 'tb:wt:2', alg => 'tb', limit => 5, window => 1000, group => 2,
+                     field => 'acme' }) };
+    like $@, qr/WRONGTYPE/, 'rl:rules not a hash: WRONGTYPE';
+    is $r->exists('tb:wt:1'), 0, 'and the check before wrote nothing';
+    $r->del('rl:rules');
 }
 
 ########################################################################

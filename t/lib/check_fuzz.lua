@@ -23,6 +23,14 @@
 --   single-check calls make of it (a group passes iff its enforced checks
 --   allow one after another; a failed group writes nothing and its allowed
 --   checks answer as cost 0 would);
+-- - with rules in rl:rules (valid, deleted, undone, garbled, out of
+--   bounds, stamps at the edge of 64 bits): a check that names its rule
+--   fields answers the rule as a port of the C parser
+--   (ngx_http_ratelimit_rule_parse, rl_rule_decode) reads it, and decides
+--   exactly as a check passed the rule's limit, window and algorithm; a
+--   rule naming another algorithm makes its group answer -2 and write
+--   nothing; each pair of fields is read once per call (HGET without a
+--   policy field, HMGET with one), and nothing when no field is named;
 -- - take, then refund: every later decision is as if never taken.
 --
 -- ARGV: seed, rounds.  Returns {checks made, failures, message...}.
@@ -39,6 +47,7 @@ local floor = math.floor
 local db                -- {clock = ms, keys = {key -> entry}}
 local WRONG = 'WRONGTYPE Operation against a key holding the wrong kind'
 local calls = 0
+local reads = {}        -- command -> how many times the rules were read
 
 local function entry(k)
     local e = db.keys[k]
@@ -73,7 +82,14 @@ local function exec(cmd, a)
             if entry(a[i]) then c = c + 1 end
         end
         return c
+    elseif cmd == 'HGET' then
+        if a[1] == 'rl:rules' then reads.HGET = (reads.HGET or 0) + 1 end
+        if #a ~= 2 then error('HGET of ' .. #a .. ' arguments') end
+        local e = entry(a[1])
+        if e and e.t ~= 'h' then return {err = WRONG} end
+        return e and e.v[a[2]] or false
     elseif cmd == 'HMGET' then
+        if a[1] == 'rl:rules' then reads.HMGET = (reads.HMGET or 0) + 1 end
         local e = entry(a[1])
         if e and e.t ~= 'h' then return {err = WRONG} end
         local r = {}
@@ -172,11 +188,12 @@ end
 
 local function s(x) return string.format('%d', x) end
 
--- check.lua with one check on d; the reply (6 numbers) or nil.
+-- check.lua with one check on d, its rule not read; the reply (9
+-- numbers) or nil.
 local function one(d, alg, key, L, W, c, mode)
     checks = checks + 1
     return on(d, check_body, {key},
-              {'1', '0', alg, s(L), s(W), s(c), mode or '0'})
+              {'1', '0', alg, s(L), s(W), s(c), mode or '0', '', ''})
 end
 
 -- the decision of that check on a copy of d at another time, TTLs
@@ -327,8 +344,11 @@ local function single(round)
     where = where .. ' ' .. show(res)
     local post = d
     local a, r, retry, reset, t, now = res[1], res[2], res[3], res[4], res[5],
-                                       res[6]
+                                       res[9]
     if now ~= T then fail('now ' .. s(now)) end
+    if #res ~= 9 or res[6] ~= -1 or res[7] ~= -1 or res[8] ~= -1 then
+        fail('rule fields empty, yet the rule says read')
+    end
     if a ~= 0 and a ~= 1 then fail('allowed') return end
     if r < 0 or reset < 0 or t < 1 or a == 1 and t > W then
         fail('a number out of range')
@@ -420,6 +440,114 @@ local function single(round)
 end
 
 ------------------------------------------------------------------------
+-- Rules: the C side's reading, ported byte by byte
+------------------------------------------------------------------------
+
+-- a > b for strings of digits without leading zeros
+local function digits_above(a, b)
+    if #a ~= #b then return #a > #b end
+    for i = 1, #a do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x > y end
+    end
+    return false
+end
+
+-- A stored value as ngx_http_ratelimit_rule_parse() and rl_rule_decode()
+-- read it, a byte at a time as they do: limit, window (s), algorithm, or
+-- nil for no rule (absent, deleted, garbled).  The bounds are those of
+-- src/rl_rule.h.
+local function c_rule(v)
+    if not v then return nil end
+    local byte, len, p = string.byte, #v, 1
+    local function digit(at)
+        local c = byte(v, at)
+        return c and c >= 48 and c <= 57
+    end
+    -- the stamp: a uint64_t that must not overflow
+    if not digit(p) then return nil end
+    local n = ''
+    while p <= len and digit(p) do
+        if digits_above(n, '1844674407370955160') then return nil end
+        if n ~= '' or byte(v, p) ~= 48 then n = n .. string.sub(v, p, p) end
+        p = p + 1
+    end
+    if p > len or byte(v, p) ~= 32 then return nil end
+    p = p + 1
+    if p <= len and byte(v, p) == 126 then p = p + 1 end
+    if len - p + 1 == 1 and byte(v, p) == 45 then return nil end
+    local function number(max)
+        local c = byte(v, p)
+        if not c or c < 49 or c > 57 then return nil end
+        local x = 0
+        while p <= len and digit(p) do
+            x = x * 10 + byte(v, p) - 48
+            p = p + 1
+            if x > max then return nil end
+        end
+        return x
+    end
+    local limit = number(1000000000)
+    if not limit or p > len or byte(v, p) ~= 32 then return nil end
+    p = p + 1
+    local window = number(86400)
+    if not window or p > len or byte(v, p) ~= 32 then return nil end
+    p = p + 1
+    local rest = string.sub(v, p)
+    local alg = rest == '-' and 0 or rest == 'token_bucket' and 1
+                or rest == 'sliding_window' and 2
+    if not alg then return nil end
+    return limit, window, alg
+end
+
+-- A value for rl:rules: rules (some undone back to), deleted, garbled,
+-- out of bounds, stamps about 2^64, or nil (absent).
+local function pick_rule_value()
+    local stamp = s(random(0, 1000000))
+    local L = random(1, 10) <= 7 and random(1, 8) or pick_L()
+    local W = random(1, 10) <= 8 and random(1, 5) or random(1, 86400)
+    local A = random(1, 2) == 1 and '-'
+              or random(1, 2) == 1 and 'token_bucket' or 'sliding_window'
+    local body = s(L) .. ' ' .. s(W) .. ' ' .. A
+    local r = random(1, 20)
+    if r <= 8 then
+        return stamp .. ' ' .. body
+    elseif r <= 10 then
+        return stamp .. ' ~' .. body
+    elseif r == 11 then
+        return stamp .. ' -'
+    elseif r == 12 then
+        return stamp .. ' ~-'
+    elseif r == 13 then
+        local big = {'18446744073709551609', '18446744073709551610',
+                     '18446744073709551599', '18446744073709551615',
+                     '99999999999999999999', '1844674407370955161',
+                     '184467440737095516090', '28446744073709551609',
+                     '18446744063709551619'}
+        return string.rep('0', random(0, 2)) .. big[random(1, #big)] .. ' '
+               .. body
+    elseif r == 14 then
+        local out = {'0 5 -', '1000000001 5 -', '5 0 -', '5 86401 -',
+                     '05 5 -', '5 05 -', '99999999999999999999999 5 -',
+                     '1000000000 86400 sliding_window', '1 1 -',
+                     '5 864000000000000000000000 -', '-5 5 -'}
+        return stamp .. ' ' .. out[random(1, #out)]
+    elseif r == 15 then
+        local bad = {'', ' ', stamp, stamp .. ' ', stamp .. ' ~', 'x ' .. body,
+                     stamp .. '  ' .. body, stamp .. ' ' .. body .. ' ',
+                     stamp .. ' ~~' .. body, stamp .. ' ' .. s(L) .. ' '
+                     .. s(W), stamp .. ' ' .. s(L) .. ' ' .. s(W) .. ' TB',
+                     stamp .. ' -x', '-', stamp .. ' ' .. body .. '\0',
+                     ' ' .. stamp .. ' ' .. body, stamp .. ' ~ ' .. body,
+                     stamp .. ' ' .. s(L) .. ' ' .. s(W) .. ' -\n',
+                     stamp .. '\t' .. body, stamp .. ' ' .. s(L) .. ' '
+                     .. s(W) .. ' token_bucket_'}
+        return bad[random(1, #bad)]
+    end
+    return nil
+end
+
+------------------------------------------------------------------------
 -- Groups: one call against single-check calls
 ------------------------------------------------------------------------
 
@@ -435,6 +563,18 @@ local function groups(round)
         history(d, algs[k], k, Ls[k], Ws[k])
         d.clock = d.clock + random(0, 20)
     end
+    -- the rules of two customers, for every policy and for two policies;
+    -- in half the rounds no check names them
+    local with_rules = random(1, 2) == 1
+    if with_rules and random(1, 10) > 1 then
+        local h = {}
+        for _, c in ipairs({'c1', 'c2'}) do
+            h[c] = pick_rule_value()
+            h[c .. '\31p1'] = pick_rule_value()
+            h[c .. '\31p2'] = pick_rule_value()
+        end
+        d.keys['rl:rules'] = {t = 'h', v = h}
+    end
     local T = d.clock
     -- the call: groups of checks on the three keys
     local ks, argv, plan = {}, {}, {}
@@ -449,11 +589,17 @@ local function groups(round)
             if random(1, 30) == 1 then alg = alg == 'tb' and 'sw' or 'tb' end
             local c = random(1, 4) == 1 and pick_cost(Ls[k]) or random(0, 3)
             local mode = random(1, 5) == 1 and '1' or '0'
+            local f, pf = '', ''
+            if with_rules and random(1, 3) > 1 then
+                f = 'c' .. random(1, 2)
+                if random(1, 3) > 1 then pf = f .. '\31p' .. random(1, 2) end
+            end
             ks[#ks + 1] = k
             plan[#plan + 1] = {g = g, late = dl ~= '0' and T > dl + 0,
                                k = k, alg = alg, L = Ls[k], W = Ws[k], c = c,
-                               mode = mode}
-            for _, x in ipairs({s(g), dl, alg, s(Ls[k]), s(Ws[k]), s(c), mode}) do
+                               mode = mode, f = f, pf = pf}
+            for _, x in ipairs({s(g), dl, alg, s(Ls[k]), s(Ws[k]), s(c), mode,
+                                f, pf}) do
                 argv[#argv + 1] = x
             end
         end
@@ -461,9 +607,43 @@ local function groups(round)
     where = string.format('round %d: groups, %d checks', round, #plan)
     local pre = copy(d)
     checks = checks + 1
+    reads = {}
     local res = on(d, check_body, ks, argv)
+    local got_reads = reads
     if not res then return end
-    if #res ~= 5 * #plan + 1 then fail('reply of ' .. #res) return end
+    if #res ~= 8 * #plan + 1 then fail('reply of ' .. #res) return end
+
+    -- the rules, as the C side reads them: the policy's if it is a rule,
+    -- else the customer's; and the reads the call should make, one per
+    -- pair of fields named in a group that runs
+    local h = pre.keys['rl:rules'] and pre.keys['rl:rules'].v or {}
+    local want_reads, pairs_seen = {HGET = 0, HMGET = 0}, {}
+    for _, p in ipairs(plan) do
+        p.rule = {-1, -1, -1}
+        if p.f ~= '' and not p.late then
+            local l, w, a
+            if p.pf ~= '' then l, w, a = c_rule(h[p.pf]) end
+            if not l then l, w, a = c_rule(h[p.f]) end
+            p.rule = l and {l, w, a} or {0, 0, 0}
+            local pair = p.f .. '|' .. p.pf
+            if not pairs_seen[pair] then
+                pairs_seen[pair] = true
+                local cmd = p.pf == '' and 'HGET' or 'HMGET'
+                want_reads[cmd] = want_reads[cmd] + 1
+            end
+            -- the limit a check is decided with
+            if l then p.L, p.W = l, w * 1000 end
+            if a == 1 and p.alg ~= 'tb' or a == 2 and p.alg ~= 'sw' then
+                p.resend = true
+            end
+        end
+    end
+    for cmd, n in pairs(want_reads) do
+        if (got_reads[cmd] or 0) ~= n then
+            fail(string.format('%d %s of rl:rules, not %d', got_reads[cmd] or 0,
+                               cmd, n))
+        end
+    end
 
     -- the same, check by check
     local ref = copy(pre)
@@ -471,9 +651,15 @@ local function groups(round)
     local i = 1
     while i <= #plan do
         local j = i
-        while j < #plan and plan[j + 1].g == plan[i].g do j = j + 1 end
+        local resend = plan[i].resend
+        while j < #plan and plan[j + 1].g == plan[i].g do
+            j = j + 1
+            resend = resend or plan[j].resend
+        end
         if plan[i].late then
             for x = i, j do want[x] = {-1, 0, 0, 0, 0} end
+        elseif resend then
+            for x = i, j do want[x] = {-2, 0, 0, 0, 0} end
         else
             local scratch = copy(ref)
             local pass = true
@@ -496,31 +682,42 @@ local function groups(round)
                 end
             end
         end
+        for x = i, j do
+            want[x][6], want[x][7], want[x][8] =
+                plan[x].rule[1], plan[x].rule[2], plan[x].rule[3]
+        end
         i = j + 1
     end
+    local function show_plan()
+        local p = {}
+        for x = 1, #plan do
+            local q = plan[x]
+            p[x] = string.format('%d:%s%s %s L=%d W=%d c=%d%s%s', q.g, q.k,
+                q.late and '(late)' or '', q.alg, q.L, q.W, q.c,
+                q.mode == '1' and ' dry' or '',
+                q.f ~= '' and ' rule ' .. q.f .. (q.pf ~= '' and '/'
+                    .. string.gsub(q.pf, '\31', '/') or '') .. '='
+                    .. show(q.rule) or '')
+        end
+        return table.concat(p, '; ')
+    end
     for x = 1, #plan do
-        for f = 1, 5 do
-            if res[5 * x - 5 + f] ~= want[x][f] then
-                fail(string.format('check %d: %s, single calls say %s', x,
-                    show({res[5 * x - 4], res[5 * x - 3], res[5 * x - 2],
-                          res[5 * x - 1], res[5 * x]}), show(want[x])))
+        for f = 1, 8 do
+            if res[8 * x - 8 + f] ~= want[x][f] then
+                local got = {}
+                for y = 1, 8 do got[y] = res[8 * x - 8 + y] end
+                fail(string.format('check %d: %s, single calls say %s | %s',
+                    x, show(got), show({unpack(want[x], 1, 8)}), show_plan()))
                 break
             end
         end
     end
-    if res[5 * #plan + 1] ~= T then fail('now') end
+    if res[8 * #plan + 1] ~= T then fail('now') end
     for _, k in ipairs(keys) do
         if not same_key(ref, d, k) then
-            local p = {}
-            for x = 1, #plan do
-                local q = plan[x]
-                p[x] = string.format('%d:%s%s %s L=%d W=%d c=%d%s', q.g, q.k,
-                    q.late and '(late)' or '', q.alg, q.L, q.W, q.c,
-                    q.mode == '1' and ' dry' or '')
-            end
             fail('key ' .. k .. ' differs: ' .. dump(ref, k) .. ' vs '
                  .. dump(d, k) .. ', before ' .. dump(pre, k) .. ' | '
-                 .. table.concat(p, '; ') .. ' | ' .. show(res))
+                 .. show_plan() .. ' | ' .. show(res))
         end
     end
 end
