@@ -7,10 +7,14 @@
 #include <string.h>
 
 #include "rl_reply.h"
+#include "rl_rule.h"
 
 
 /* the most checks lua/check.lua takes in one call */
 #define RL_REPLY_MAX_CHECKS  1024
+
+/* the integers of lua/check.lua's reply per check */
+#define RL_REPLY_PER_CHECK   8
 
 
 static int rl_reply_error(const redisReply *reply, const char **why);
@@ -44,9 +48,9 @@ int
 rl_reply_decode_batch(const redisReply *reply, size_t n,
     rl_check_result_t *results, long long *now_ms, const char **why)
 {
-    int                 rc;
+    int                 rc, resend, named;
     size_t              i, k;
-    long long           v[5], now;
+    long long           v[RL_REPLY_PER_CHECK], now, least;
     const redisReply   *e;
     rl_check_result_t  *res;
 
@@ -61,8 +65,10 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
         return RL_REPLY_MALFORMED;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5 * n + 1) {
-        *why = "reply is not an array of 5 integers per check and the clock";
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != RL_REPLY_PER_CHECK * n + 1)
+    {
+        *why = "reply is not an array of 8 integers per check and the clock";
         return RL_REPLY_MALFORMED;
     }
 
@@ -74,22 +80,40 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
             return RL_REPLY_MALFORMED;
         }
 
-        /* only allowed may be negative, and only -1 */
-        if (e->integer < ((i % 5 == 0 && i < 5 * n) ? -1 : 0)) {
+        /*
+         * only allowed may be negative, down to -2, and the rule (-1: not
+         * read)
+         */
+
+        k = i % RL_REPLY_PER_CHECK;
+        least = 0;
+
+        if (i < RL_REPLY_PER_CHECK * n) {
+            if (k == 0) {
+                least = RL_CHECK_RESEND;
+
+            } else if (k >= 5) {
+                least = -1;
+            }
+        }
+
+        if (e->integer < least) {
             *why = "reply element is negative";
             return RL_REPLY_MALFORMED;
         }
     }
 
-    now = reply->element[5 * n]->integer;
+    now = reply->element[RL_REPLY_PER_CHECK * n]->integer;
+    resend = 0;
+    named = 0;
 
     for (i = 0; i < n; i++) {
-        for (k = 0; k < 5; k++) {
-            v[k] = reply->element[5 * i + k]->integer;
+        for (k = 0; k < RL_REPLY_PER_CHECK; k++) {
+            v[k] = reply->element[RL_REPLY_PER_CHECK * i + k]->integer;
         }
 
         if (v[0] > 1) {
-            *why = "allowed flag is neither -1, 0 nor 1";
+            *why = "allowed flag is neither -2, -1, 0 nor 1";
             return RL_REPLY_MALFORMED;
         }
 
@@ -109,6 +133,28 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
             return RL_REPLY_MALFORMED;
         }
 
+        /* the rule: not read, none, or one the admin endpoint could store */
+
+        if (!((v[5] == -1 && v[6] == -1 && v[7] == -1)
+              || (v[5] == 0 && v[6] == 0 && v[7] == 0)
+              || (v[5] >= 1 && v[5] <= RL_RULE_MAX_LIMIT
+                  && v[6] >= RL_RULE_MIN_WINDOW && v[6] <= RL_RULE_MAX_WINDOW
+                  && v[7] >= RL_RULE_ALGORITHM_NONE
+                  && v[7] <= RL_RULE_ALGORITHM_SLIDING_WINDOW)))
+        {
+            *why = "rule is neither not read, none, nor a rule in bounds";
+            return RL_REPLY_MALFORMED;
+        }
+
+        if (v[0] == RL_CHECK_RESEND) {
+            resend = 1;
+
+            /* the check that sends its group back names the algorithm */
+            if (v[5] > 0 && v[7] != RL_RULE_ALGORITHM_NONE) {
+                named = 1;
+            }
+        }
+
         res = &results[i];
         res->allowed = (int) v[0];
         res->remaining = v[1];
@@ -116,6 +162,14 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
         res->reset_ms = v[3];
         res->t_ms = v[4];
         res->now_ms = now;
+        res->rule_limit = v[5];
+        res->rule_window = v[6];
+        res->rule_algorithm = (int) v[7];
+    }
+
+    if (resend && !named) {
+        *why = "checks to resend, yet no rule names an algorithm";
+        return RL_REPLY_MALFORMED;
     }
 
     *now_ms = now;
