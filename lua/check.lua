@@ -26,8 +26,9 @@
 --
 -- This runs for every request and Redis CPU is what the limiter costs.
 -- Redis's own share of a check (its 7 arguments and 5 answers, its key in
--- one MGET, its SET) is ~20k instructions; the script's share is kept
--- small by what measuring showed (lua/README.md, Cost):
+-- one MGET, its SET) is ~20k instructions, ~2.5k more for the 2 arguments
+-- and 3 answers of the rule; the script's share is kept small by what
+-- measuring showed (lua/README.md, Cost):
 -- - a call into C (math.floor, tonumber, type, string.*, struct.*) costs
 --   ~500 instructions on top of its work, a call of a Lua function ~600,
 --   an arithmetic operation ~60: the allowed path calls only struct.unpack
@@ -37,7 +38,8 @@
 --   checked converted by arithmetic;
 -- - every key is read by one MGET, not one GET each (except a lone check);
 -- - each run of the script makes its functions anew (a closure costs more
---   the more locals it uses from outside): four, made before the rest;
+--   the more locals it uses from outside): four, made before the rest,
+--   and the one that reads rules only when a check names a field;
 -- - a table grows by rehashing: the reply is made at its full size at
 --   once, and numbers that repeat between checks (limits, windows, costs,
 --   deadlines) are checked and converted once per call.

@@ -17,7 +17,11 @@
 #                    were read by the script) or 9 (the two rule fields
 #                    after them); 9 by default
 #   FIELD=str        the rule field of every check (empty: not read), with
-#   POLICY_FIELD=str its policy field (empty by default)
+#   POLICY_FIELD=str its policy field (empty by default); __rand_int__ in
+#                    them makes each check's its own (a field per customer)
+#   RULE=str         stored in rl:rules under FIELD (a stored value, e.g.
+#                    "1 1000000 600 -"), and POLICY_RULE under POLICY_FIELD
+#   KEEP=dir         (with CALLGRIND=1) the callgrind output is copied there
 
 set -eu
 
@@ -44,6 +48,7 @@ cleanup() {
             i=$((i + 1))
         done
     fi
+    if [ -n "${KEEP:-}" ]; then cp "$work"/callgrind.out* "$KEEP"/ 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -79,6 +84,12 @@ perl -ne 'print "local RL_MAX_LIMIT = $1\n" if /^#define\s+RL_RULE_MAX_LIMIT\s+(
     src/rl_rule.h > "$work/check.lua"
 cat "$lua" >> "$work/check.lua"
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$work/check.lua")")
+if [ -n "${RULE:-}" ]; then
+    redis-cli -p "$port" HSET rl:rules "$field" "$RULE" > /dev/null
+fi
+if [ -n "${POLICY_RULE:-}" ]; then
+    redis-cli -p "$port" HSET rl:rules "$pfield" "$POLICY_RULE" > /dev/null
+fi
 
 # the command: n keys, then n times the check's arguments
 set -- EVALSHA "$sha" "$n"

@@ -1104,9 +1104,11 @@ my $US = "\x1f";
     }
     for my $j (0 .. $#rules) {
         my ($v, $want) = @{ $rules[$j] };
-        # the sliding window rule names another algorithm: resent
+        # (the sliding window rule sends its group, sent as tb, back: -2)
         is rule_of($res->[@none + $j]), $want, "'$v' is a rule: $want";
     }
+    is_deeply [map { $res->[@none + $_][0] } 0 .. $#rules], [1, 1, 1, 1, -2, 1],
+        'each decided with its rule, the sliding window one sent back';
     is rule_of($res->[-1]) . " $res->[-1][1]", '20 60 0 19', "a garbled policy rule: the customer's";
 }
 
@@ -1121,8 +1123,7 @@ for my $alg (qw(tb sw)) {
                           group => 2 });
     is_deeply [map { @$_[0, 1, 5 .. 7] } @$res], [1, 3, 4, 60, 0, 1, 3, 4, 60, $alg eq 'tb' ? 1 : 2],
         "$alg: a rule without algorithm, and one naming $alg: decided, 3 of 4 left";
-    my $st = state_of("$alg:noalg");
-    is $alg eq 'tb' ? $st->{w} : $st->{w}, 60000, "$alg: stored as $alg, in the rule's window";
+    is state_of("$alg:noalg")->{w}, 60000, "$alg: stored as $alg, in the rule's window";
 }
 
 # A rule naming the other algorithm: its whole group answers -2 ("send
