@@ -86,17 +86,17 @@ free_ports() {
 # start_redis PORT...: one Redis server per port, no persistence, and wait
 # until each accepts
 start_redis() {
-    for port in "$@"; do
-        mkdir -p "$run/redis-$port"
-        redis-server --port "$port" --bind 127.0.0.1 --save '' \
-            --appendonly no --daemonize no --dir "$run/redis-$port" \
-            --logfile "$run/redis-$port/redis.log" &
+    for sr_port in "$@"; do
+        mkdir -p "$run/redis-$sr_port"
+        redis-server --port "$sr_port" --bind 127.0.0.1 --save '' \
+            --appendonly no --daemonize no --dir "$run/redis-$sr_port" \
+            --logfile "$run/redis-$sr_port/redis.log" &
         pids="$pids $!"
         redis_pids="${redis_pids:+$redis_pids,}$!"
-        redis_ports="${redis_ports:+$redis_ports,}$port"
+        redis_ports="${redis_ports:+$redis_ports,}$sr_port"
     done
-    for port in "$@"; do
-        perl "$bench/bench.pl" wait-port "$port"
+    for sr_port in "$@"; do
+        perl "$bench/bench.pl" wait-port "$sr_port"
     done
 }
 
@@ -104,43 +104,44 @@ user=""
 [ "$(id -u)" = 0 ] && user="user root;"
 
 # start_nginx NAME BODY PORT ZONE SHARD...: one nginx from nginx.conf.in
-# and bench/BODY.conf.in, in $run/nginx-NAME, listening on PORT; a body
-# that uses the module gets "ratelimit_zone bench:ZONE" and one
-# ratelimit_redis per SHARD port (from the include files @ZONE@ and
-# @SHARDS@).  Bodies may also include @COMMON@/FILE: files the caller put
-# in $run.  Sets NAME_pid to the master's pid.
+# and bench/BODY.conf.in, in $run/nginx-NAME, listening on PORT.  A body
+# that includes @SHARDS@ (one ratelimit_redis line per SHARD port) is one
+# with the module: it is loaded; @ZONE@ holds "ratelimit_zone bench:ZONE".
+# Bodies may also include @COMMON@/FILE: files the caller put in $run.
+# Sets NAME_pid (NAME: letters, digits, _) to the master's pid.  The
+# functions' own variables start with their initials: the callers' stay.
 start_nginx() {
-    name=$1 body=$2 port=$3 zone=$4
+    sn_name=$1 sn_body=$2 sn_port=$3 sn_zone=$4
     shift 4
-    dir="$run/nginx-$name"
-    mkdir -p "$dir/tmp"
+    sn_dir="$run/nginx-$sn_name"
+    mkdir -p "$sn_dir/tmp"
 
-    load=""
-    grep -q '@SHARDS@' "$bench/$body.conf.in" \
-        && load="load_module $module;"
+    sn_load=""
+    grep -q '@SHARDS@' "$bench/$sn_body.conf.in" \
+        && sn_load="load_module $module;"
 
-    echo "ratelimit_zone bench:$zone;" > "$dir/zone.conf"
-    : > "$dir/shards.conf"
-    for shard in "$@"; do
-        echo "ratelimit_redis 127.0.0.1:$shard;" >> "$dir/shards.conf"
+    echo "ratelimit_zone bench:$sn_zone;" > "$sn_dir/zone.conf"
+    : > "$sn_dir/shards.conf"
+    for sn_shard in "$@"; do
+        echo "ratelimit_redis 127.0.0.1:$sn_shard;" >> "$sn_dir/shards.conf"
     done
 
-    sed -e "s|@PORT@|$port|g" -e "s|@ZONE@|$dir/zone.conf|g" \
-        -e "s|@SHARDS@|$dir/shards.conf|g" -e "s|@COMMON@|$run|g" \
+    sed -e "s|@PORT@|$sn_port|g" -e "s|@ZONE@|$sn_dir/zone.conf|g" \
+        -e "s|@SHARDS@|$sn_dir/shards.conf|g" -e "s|@COMMON@|$run|g" \
         -e "s|@MEM_LIMIT@|${mem_limit:-100}|g" \
         -e "s|@MEM_WINDOW@|${mem_window:-3600}|g" \
-        "$bench/$body.conf.in" > "$dir/body.conf"
-    sed -e "s|@LOAD_MODULE@|$load|" -e "s|@USER@|$user|" \
-        -e "s|@RUN@|$dir|g" -e "s|@BODY@|$dir/body.conf|" \
-        "$bench/nginx.conf.in" > "$dir/nginx.conf"
+        "$bench/$sn_body.conf.in" > "$sn_dir/body.conf"
+    sed -e "s|@LOAD_MODULE@|$sn_load|" -e "s|@USER@|$user|" \
+        -e "s|@RUN@|$sn_dir|g" -e "s|@BODY@|$sn_dir/body.conf|" \
+        "$bench/nginx.conf.in" > "$sn_dir/nginx.conf"
 
-    "$nginx" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -t -q \
-        || die "nginx -t failed for $dir/nginx.conf"
-    "$nginx" -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" &
+    "$nginx" -p "$sn_dir/" -e "$sn_dir/error.log" -c "$sn_dir/nginx.conf" \
+        -t -q || die "nginx -t failed for $sn_dir/nginx.conf"
+    "$nginx" -p "$sn_dir/" -e "$sn_dir/error.log" -c "$sn_dir/nginx.conf" &
     pids="$pids $!"
     nginx_pids="$nginx_pids $!"
-    eval "${name}_pid=\$!"
-    perl "$bench/bench.pl" wait-port "$port"
+    eval "${sn_name}_pid=\$!"
+    perl "$bench/bench.pl" wait-port "$sn_port"
 }
 
 # --- the machine ----------------------------------------------------------
@@ -186,8 +187,8 @@ measure() {
     m_opt="$m_opt --redis $redis_ports"
     [ -n "$stats" ] && m_opt="$m_opt --stats $stats"
     m_tags=""
-    for tag in "$@"; do
-        m_tags="$m_tags --tag $tag"
+    for m_tag in "$@"; do
+        m_tags="$m_tags --tag $m_tag"
     done
 
     perl "$bench/bench.pl" snapshot $m_opt > "$run/before"
