@@ -152,6 +152,10 @@ machine_meta() {
           | head -n 1)
     commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null \
              || echo 'unknown (not a git checkout)')
+    # the module's own code: where src/, lua/ and config last changed
+    code=$(git -C "$top" log -1 --format=%h -- src lua config 2>/dev/null \
+           || true)
+    [ -n "$code" ] && commit="$commit (src/, lua/, config as of $code)"
     if [ -n "$(git -C "$top" status --porcelain -- src lua config \
                2>/dev/null)" ]
     then
