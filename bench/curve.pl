@@ -64,6 +64,16 @@ sub redis_usec {
     return $r->{evalsha_usec} + $r->{eval_usec} + $r->{lookup_usec};
 }
 
+# the share of the machine's CPU time that went to processes other than
+# wrk, nginx and Redis during a run (and to kernel work charged to none):
+# a noisy run shows here
+sub other_pct {
+    my ($r) = @_;
+    my $v = $r->{box_busy_ms} - $r->{cpu_nginx_ms} - $r->{cpu_redis_ms}
+            - $r->{cpu_wrk_ms};
+    return ratio(100 * ($v < 0 ? 0 : $v), $r->{box_total_ms});
+}
+
 # the figures of one point: medians over its rounds
 sub figures {
     my ($curve, $p) = @_;
@@ -113,6 +123,7 @@ sub figures {
         sock_errors => $m->(sub { $_[0]{sock_errors} }),
         nginx_us    => $m->(sub { ratio($_[0]{cpu_nginx_ms} * 1000,
                                         $_[0]{requests}) }),
+        other_pct   => $m->(\&other_pct),
     };
 }
 
@@ -155,7 +166,8 @@ my %XNAME = (shards => 'shards', callers => 'callers', policies => 'policies',
 my @COLS = qw(x zone shards keys rounds rps rps_min rps_max plain_rps x_plain
               p50_ms p99_ms plain_p50_ms plain_p99_ms add_p50_us add_p99_us
               redis_us redis_cpu_us batch checks_req lookups_req
-              writes_check failed_open non2xx sock_errors nginx_us);
+              writes_check failed_open non2xx sock_errors nginx_us
+              other_pct);
 my %FMT = (rps => '%.0f', rps_min => '%.0f', rps_max => '%.0f',
            plain_rps => '%.0f', x_plain => '%.3f', p50_ms => '%.3f',
            p99_ms => '%.3f', plain_p50_ms => '%.3f', plain_p99_ms => '%.3f',
@@ -163,7 +175,7 @@ my %FMT = (rps => '%.0f', rps_min => '%.0f', rps_max => '%.0f',
            redis_cpu_us => '%.2f', batch => '%.3f', checks_req => '%.3f',
            lookups_req => '%.4f', writes_check => '%.3f',
            failed_open => '%.4f', non2xx => '%.4f', sock_errors => '%.0f',
-           nginx_us => '%.2f');
+           nginx_us => '%.2f', other_pct => '%.0f');
 
 my @warn;
 
@@ -219,7 +231,10 @@ for my $curve (qw(shards callers policies concurrency)) {
         push @warn, "$curve $f->{x} $f->{zone}: $f->{sock_errors} socket "
                   . 'errors (median)' if $f->{sock_errors};
     }
-    print "\n";
+    printf "\n  other processes: %s of the machine's CPU time "
+         . "(median of this curve's runs)\n\n",
+         fmt('%.0f%%', median(map { other_pct($_) }
+                              grep { $_->{curve} eq $curve } @rows));
 }
 
 print <<'NOTE';
@@ -234,9 +249,12 @@ print <<'NOTE';
   checks/req    checks sent to a shard per request (N for N policies)
   lookups/req   rule lookups (rule cache misses that asked a shard) per
                 request: a zone too small for the callers' rules shows here
+  other processes: CPU time of the machine (/proc/stat) that went to
+                neither wrk, nginx nor Redis: above a few percent, the run
+                was disturbed by something else on the machine
   The TSVs (curve-CURVE.tsv) hold more: rps min and max of the rounds,
   plain nginx's latency, +p99, writes per check, failed_open and non-2xx
-  shares, nginx CPU per request.
+  shares, nginx CPU per request, the other processes' share per point.
 
 NOTE
 
