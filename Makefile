@@ -4,6 +4,8 @@
 #   make run      start two Redis shards and nginx with the demo config
 #   make test     run every suite (unit, Redis scripts, nginx)
 #   make bench    benchmark against plain nginx and limit_req
+#   make bench-curve  the module's cost curves (shards, callers, policies,
+#                 concurrency), with a plot each in bench/results/
 #   make deb      build the Debian package (build/libnginx-mod-http-ratelimit_*.deb)
 #   make test-valgrind  the nginx suites with nginx under valgrind memcheck
 
@@ -21,7 +23,7 @@ CC_OPT      := -g -O2 -fstack-protector-strong -Wformat -Werror=format-security 
                -fPIC -Wdate-time -D_FORTIFY_SOURCE=2
 LD_OPT      := -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all module unit deps run test test-valgrind bench deb clean
+.PHONY: all module unit deps run test test-valgrind bench bench-curve deb clean
 
 all: module unit
 
@@ -70,6 +72,10 @@ test-valgrind: deps all
 bench: all
 	@sh scripts/deps.sh --bench
 	sh bench/run.sh
+
+bench-curve: all
+	@sh scripts/deps.sh --bench
+	sh bench/curve.sh
 
 # The Debian package, built by dpkg-buildpackage (debian/rules runs the
 # module target above) in a copy of the tree under build/deb, so that what

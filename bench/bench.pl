@@ -5,19 +5,22 @@
 #       N distinct free TCP ports on 127.0.0.1
 #   bench.pl wait-port PORT
 #       waits (at most 10 s) until something accepts on 127.0.0.1:PORT
-#   bench.pl snapshot [--stats PORT] --redis P1,P2 --nginx-pid PID
-#                     --redis-pids PID,PID
+#   bench.pl snapshot [--stats PORT] --redis P1,P2,... --nginx-pid PID
+#                     --redis-pids PID,PID,...
 #       one line of counters: the module's ratelimit_stats, the shards'
 #       INFO commandstats, and the CPU time used so far by the nginx
 #       workers (the children of master PID) and by the Redis servers
-#   bench.pl record --round N --scenario S --mode load|c1 --wrk LOG
-#                   --before FILE [--stats PORT] --redis P1,P2
-#                   --nginx-pid PID --redis-pids PID,PID
+#   bench.pl record --round N --scenario S --mode MODE --wrk LOG
+#                   --before FILE [--stats PORT] --redis P1,P2,...
+#                   --nginx-pid PID --redis-pids PID,PID,...
 #                   --times-before FILE --times-after FILE --out TSV
+#                   [--tag NAME=VALUE ...]
 #       takes the "after" snapshot, appends one row (the wrk result and the
 #       counter deltas) to TSV, and prints a line of progress; the "times"
 #       files hold the shell's `times` from just before and after wrk ran,
-#       whose children's times then differ by wrk's CPU time
+#       whose children's times then differ by wrk's CPU time; each tag is
+#       a column put before the others (bench/curve.sh: the curve and the
+#       point)
 #   bench.pl memory --nginx PORT --redis P1,P2 --keys N --limit L
 #                   --window SECONDS --out TSV
 #       Redis memory per key and key TTLs, per algorithm
@@ -37,15 +40,26 @@ use Time::HiRes qw(sleep time);
 my $IO_TIMEOUT = 10;    # seconds any one answer may take
 
 # the module's counters, in the order of the TSV columns
-my @STATS = qw(checks allowed denied denied_cached failed_open failed_closed
-               redis_commands redis_writes redis_replies noscript);
+my @STATS = qw(checks batches allowed denied denied_cached failed_open
+               failed_closed redis_commands redis_writes redis_replies
+               noscript rule_lookups refunds rule_cache_evictions);
+
+# From the shards' INFO commandstats.  Redis counts the commands a script
+# calls under their own names too, inside the script's usec: so the
+# module's Redis time is that of its script calls (EVALSHA, EVAL) and of
+# the commands it sends itself that its check script never calls (HGET,
+# HMGET: rule lookups; check.lua calls HMGET only on keys of the old hash
+# layout, which the bench never makes).  Not counted: the rules poll (an
+# MGET a second per nginx, an MGET is also what check.lua calls) and INFO
+# (the bench's own).
+my @REDIS = qw(evalsha eval evalsha_usec eval_usec lookup_calls lookup_usec);
 
 # the columns of rounds.tsv (bench/report.pl reads them by name)
 my @COLUMNS = (qw(round scenario mode requests duration_us rps
                   p50_us p90_us p99_us p999_us max_us mean_us
                   sock_errors non2xx),
-               @STATS, qw(evalsha eval evalsha_usec cpu_nginx_ms cpu_redis_ms cpu_wrk_ms
-                          box_busy_ms box_total_ms));
+               @STATS, @REDIS, qw(cpu_nginx_ms cpu_redis_ms cpu_wrk_ms
+                                  box_busy_ms box_total_ms));
 
 my %commands = (
     freeports   => \&cmd_freeports,
@@ -119,19 +133,27 @@ sub snapshot {
         my ($status, $body) = http_get($o->{stats}, '/ratelimit/stats');
         die "ratelimit_stats answered $status\n" unless $status == 200;
         my $json = decode_json($body);
-        $snap{$_} = $json->{$_} // 0 for @STATS;
+        $json->{rule_cache_evictions} = $json->{rule_cache}{evictions};
+        # a counter this module does not have yet stays "-"
+        $snap{$_} = $json->{$_} // '-' for @STATS;
     }
 
     # the sum over the shards
-    @snap{qw(evalsha eval evalsha_usec)} = (0, 0, 0);
+    $snap{$_} = 0 for @REDIS;
 
     for my $port (split /,/, $o->{redis}) {
         my $info = redis_command(redis_connect($port), 'INFO', 'commandstats');
-        for my $c (qw(evalsha eval)) {
-            $snap{$c} += $1 if $info =~ /^cmdstat_$c:calls=(\d+)/m;
+        my %c;
+        $c{$1} = [$2, $3]
+            while $info =~ /^cmdstat_(\w+):calls=(\d+),usec=(\d+)/mg;
+        for my $cmd (qw(evalsha eval)) {
+            $snap{$cmd} += $c{$cmd}[0] // 0;
+            $snap{"${cmd}_usec"} += $c{$cmd}[1] // 0;
         }
-        $snap{evalsha_usec} += $1
-            if $info =~ /^cmdstat_evalsha:calls=\d+,usec=(\d+)/m;
+        for my $cmd (qw(hget hmget)) {
+            $snap{lookup_calls} += $c{$cmd}[0] // 0;
+            $snap{lookup_usec} += $c{$cmd}[1] // 0;
+        }
     }
 
     $snap{cpu_nginx_ms} = cpu_ms(children($o->{'nginx-pid'}));
@@ -216,7 +238,7 @@ sub cmd_record {
     my %o = options(\@_, 'round=s', 'scenario=s', 'mode=s', 'wrk=s',
                     'before=s', 'stats=i', 'redis=s', 'nginx-pid=i',
                     'redis-pids=s', 'times-before=s', 'times-after=s',
-                    'out=s');
+                    'out=s', 'tag=s@');
 
     my $after = snapshot(\%o);
     my $before = parse_pairs(slurp($o{before}));
@@ -244,27 +266,38 @@ sub cmd_record {
         non2xx      => $w->{status},
     );
 
-    for my $c (@STATS, qw(evalsha eval evalsha_usec cpu_nginx_ms
-                          cpu_redis_ms box_busy_ms box_total_ms)) {
-        $row{$c} = defined $after->{$c} && defined $before->{$c}
-                   ? $after->{$c} - $before->{$c} : '-';
+    for my $c (@STATS, @REDIS, qw(cpu_nginx_ms cpu_redis_ms box_busy_ms
+                                  box_total_ms)) {
+        my ($a, $b) = ($after->{$c}, $before->{$c});
+        $row{$c} = defined $a && defined $b && $a ne '-' && $b ne '-'
+                   ? $a - $b : '-';
     }
 
     $row{cpu_wrk_ms} = sprintf '%.0f', times_ms($o{'times-after'})
                                        - times_ms($o{'times-before'});
 
+    my @tags;
+    for my $t (@{ $o{tag} // [] }) {
+        my ($k, $v) = $t =~ /^(\w+)=(.*)$/ or die "bad tag \"$t\"\n";
+        push @tags, $k;
+        $row{$k} = $v;
+    }
+    my @cols = (@tags, @COLUMNS);
+
     my $new = !-s $o{out};
     open my $fh, '>>', $o{out} or die "$o{out}: $!\n";
-    print $fh join("\t", @COLUMNS), "\n" if $new;
-    print $fh join("\t", map { $row{$_} } @COLUMNS), "\n";
+    print $fh join("\t", @cols), "\n" if $new;
+    print $fh join("\t", map { $row{$_} } @cols), "\n";
     close $fh;
 
-    my $redis = $row{checks} ne '-' && $row{checks} > 0
-        ? sprintf('  cmds/check %.2f  writes/check %.3f',
-                  $row{redis_commands} / $row{checks},
-                  $row{redis_writes} / $row{checks})
-        : '';
-    printf STDERR "  %-10s %-4s %9.0f req/s  p50 %6.3f ms  p99 %7.3f ms"
+    my $redis = '';
+    if ($row{checks} ne '-' && $row{checks} > 0) {
+        $redis = sprintf '  Redis %.1f us/check', ($row{evalsha_usec}
+                         + $row{eval_usec} + $row{lookup_usec}) / $row{checks};
+        $redis .= sprintf '  batch %.2f', $row{checks} / $row{batches}
+            if $row{batches} ne '-' && $row{batches} > 0;
+    }
+    printf STDERR "  %-14s %-4s %9.0f req/s  p50 %6.3f ms  p99 %7.3f ms"
                   . "  non-2xx %d%s\n",
                   $o{scenario}, $o{mode}, $row{rps}, $row{p50_us} / 1000,
                   $row{p99_us} / 1000, $row{non2xx}, $redis;

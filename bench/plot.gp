@@ -17,7 +17,7 @@ set multiplot layout 2,1 title "make bench: global rate limiter\n" . subtitle
 set style fill solid 0.8 border -1
 set grid ytics
 unset key
-set xrange [0.4:5.6]
+set xrange [0.4:nscenarios + 0.6]
 set xtics nomirror
 set boxwidth 0.6
 

@@ -26,6 +26,7 @@ my @SCENARIOS = (
     [ allowed    => "module, $meta{keys} keys, all allowed" ],
     [ hot_key    => 'module, 1 hot key, denied' ],
     [ shard_down => 'module, 1 of 2 shards down, fail open' ],
+    [ only_dead  => 'module, its only shard down, fail open' ],
 );
 my %NAME = map { $_->[0] => $_->[1] } @SCENARIOS;
 my @ORDER = map { $_->[0] } @SCENARIOS;
@@ -165,12 +166,20 @@ NOTE
 
 # --- Redis traffic --------------------------------------------------------
 
-my (%cmds, %writes);
+my (%cmds, %writes, %batch, %usec_check);
 
-print "Redis traffic under load ($conns), per request and per check\n\n";
-printf "  %-2s %-14s %10s %12s %8s %11s %12s %9s %13s %11s\n",
-       '', 'scenario', 'checks/req', 'EVALSHA/req', 'us/call', 'cmds/check',
-       'writes/check', 'denied', 'denied_cached', 'failed_open';
+# the module's Redis time per check: its script calls and its rule lookups
+# (bench.pl says why these), from the shards' INFO commandstats
+sub redis_usec {
+    my ($row) = @_;
+    return undef if $row->{evalsha_usec} eq '-';
+    return $row->{evalsha_usec} + $row->{eval_usec} + $row->{lookup_usec};
+}
+
+print "Redis work under load ($conns), per request and per check\n\n";
+printf "  %-2s %-12s %10s %7s %12s %8s %9s %9s %11s %12s\n",
+       '', 'scenario', 'checks/req', 'batch', 'EVALSHA/req', 'us/call',
+       'us/check', 'CPU us/ck', 'cmds/check', 'writes/check';
 
 for my $s (@ORDER) {
     my @r = map { $by{$s}{load}{$_} // () } @rounds;
@@ -180,48 +189,84 @@ for my $s (@ORDER) {
 
     my $evalsha = $m->(sub { ratio($_[0]{evalsha} + $_[0]{eval},
                                    $_[0]{requests}) });
-    # a handful of checks (a deny cache answering) gives no usable ratio
-    my $few = $module && $m->(sub { $_[0]{checks} }) < 100;
-    $cmds{$s} = $few ? undef
-        : $m->(sub { ratio($_[0]{redis_commands}, $_[0]{checks}) });
-    $writes{$s} = $few ? undef
-        : $m->(sub { ratio($_[0]{redis_writes}, $_[0]{checks}) });
-    my $checks = $m->(sub { ratio($_[0]{checks}, $_[0]{requests}) });
-
-    # shares of the answered requests
-    my $share = sub {
-        my $c = shift;
-        return '-' unless $module;
-        my $v = $m->(sub { ratio($_[0]{$c}, $_[0]{requests}) });
-        return fmt('%.1f%%', defined $v ? 100 * $v : undef);
+    # a handful of checks (a deny cache answering, a dead shard) gives no
+    # usable ratio per check
+    my $few = !$module || $m->(sub { $_[0]{checks} }) < 100;
+    my $per_check = sub {
+        my $f = shift;
+        return undef if $few;
+        return $m->(sub { ratio($f->($_[0]), $_[0]{checks}) });
     };
+
+    $cmds{$s} = $per_check->(sub { $_[0]{redis_commands} });
+    $writes{$s} = $per_check->(sub { $_[0]{redis_writes} });
+    $batch{$s} = $m->(sub { ratio($_[0]{checks}, $_[0]{batches}) })
+        if !$few && $r[0]{batches} ne '-';
+    $usec_check{$s} = $per_check->(\&redis_usec);
+    my $cpu_check = $per_check->(sub { $_[0]{cpu_redis_ms} * 1000 });
+    my $checks = $module
+        ? $m->(sub { ratio($_[0]{checks}, $_[0]{requests}) }) : undef;
 
     my $usec = $m->(sub { ($_[0]{evalsha} // 0) >= 100
                           ? ratio($_[0]{evalsha_usec}, $_[0]{evalsha})
                           : undef });
-    printf "  %-2s %-14s %10s %12s %8s %11s %12s %9s %13s %11s\n",
-           $NUMBER{$s}, $s, fmt('%.3f', $checks), fmt('%.3f', $evalsha),
-           fmt('%.1f', $usec),
-           fmt('%.3f', $cmds{$s}), fmt('%.3f', $writes{$s}),
-           $share->('denied'), $share->('denied_cached'),
-           $share->('failed_open');
+    printf "  %-2s %-12s %10s %7s %12s %8s %9s %9s %11s %12s\n",
+           $NUMBER{$s}, $s, fmt('%.3f', $checks), fmt('%.2f', $batch{$s}),
+           fmt('%.3f', $evalsha), fmt('%.1f', $usec),
+           fmt('%.1f', $usec_check{$s}), fmt('%.1f', $cpu_check),
+           fmt('%.3f', $cmds{$s}), fmt('%.3f', $writes{$s});
 }
 
 print <<'NOTE';
 
-  checks/req    Redis checks the module started per answered request
+  checks/req    policy checks the module sent to a shard per answered request
+  batch         mean batch size: checks / batches (calls of the check
+                script the checks went out in)
   EVALSHA/req   EVALSHA + EVAL calls the shards counted (INFO commandstats)
-  us/call       Redis' own time per EVALSHA (commandstats usec / calls): the
-                script's cost, paid on every check, inside Redis
-  cmds/check    commands the module queued per check (1 = no retries)
+  us/call       Redis' own time per EVALSHA (commandstats usec / calls)
+  us/check      Redis time per check: commandstats usec of EVALSHA, EVAL,
+                HGET and HMGET (the rule lookups) over the checks; the
+                figure of the "Redis CPU per check" target
+  CPU us/ck     CPU time of the Redis processes (/proc, user + system, 10 ms
+                ticks) over the checks: us/check plus Redis' reading,
+                parsing and writing of the commands, which a bigger batch
+                shares out
+  cmds/check    commands the module queued per check (1 = no retries; below
+                1 when checks share a script call)
   writes/check  send() calls to Redis per check: the round trips; below 1
                 when checks of the same event loop turn share one write
-                (both "-" when fewer than 100 checks were made in a run);
-                both counters also count the module's own background
-                traffic (the rules poll, a few commands a second)
-  denied, denied_cached, failed_open: the module's counters, as shares of
-                the answered requests; denied_cached are denials from
-                shared memory, without Redis
+  Per-check figures are "-" when fewer than 100 checks were made in a run;
+  the module's counters also count its own background traffic (the rules
+  poll, a command a second), lost in the noise under load.
+
+NOTE
+
+print "The module's counters under load ($conns), as shares of the answered "
+    . "requests\n\n";
+printf "  %-2s %-12s %9s %14s %12s %13s %9s\n",
+       '', 'scenario', 'denied', 'denied_cached', 'failed_open',
+       'rule_lookups', 'refunds';
+
+for my $s (@ORDER) {
+    my @r = map { $by{$s}{load}{$_} // () } @rounds;
+    next unless @r && $r[0]{checks} ne '-';
+    my $share = sub {
+        my $c = shift;
+        my $v = median(map { ratio($_->{$c}, $_->{requests}) } @r);
+        return fmt('%.1f%%', defined $v ? 100 * $v : undef);
+    };
+    printf "  %-2s %-12s %9s %14s %12s %13s %9s\n",
+           $NUMBER{$s}, $s, $share->('denied'), $share->('denied_cached'),
+           $share->('failed_open'), $share->('rule_lookups'),
+           $share->('refunds');
+}
+
+print <<'NOTE';
+
+  denied_cached are denials from the deny cache in shared memory, without
+  Redis; failed_open, checks that took the fail path and let the request
+  through; rule_lookups, rule cache misses that asked a shard; refunds,
+  checks given back after another shard refused the request.
 
 NOTE
 
@@ -309,35 +354,42 @@ NOTE
 
 # --- targets --------------------------------------------------------------
 
+# [ scenario, what, value, test, format, note ]
 my @targets = (
-    [ 'scenario 3 throughput >= 0.60x plain (aim 0.75x)',
-      $x{allowed}, sub { $_[0] >= 0.6 }, '%.2fx',
+    [ 3, 'allowed path: throughput >= 0.60x plain (aim 0.75x)',
+      $x{allowed}, sub { $_[0] >= 0.6 }, '%.3fx',
       defined $x{allowed} && $x{allowed} >= 0.6 && $x{allowed} < 0.75
-          ? 'met, but below the 0.75x aim' : '' ],
-    [ 'scenario 4 throughput >= 0.90x plain',
-      $x{hot_key}, sub { $_[0] >= 0.9 }, '%.2fx', deny_cache_note() ],
-    [ 'scenario 5 throughput >= 0.90x plain',
-      $x{shard_down}, sub { $_[0] >= 0.9 }, '%.2fx', shard_down_note() ],
-    [ 'added latency, one connection, p50 < 100 us (scenario 3)',
-      $add50{allowed}, sub { $_[0] < 100 }, '%+.0f us', '' ],
-    [ 'added latency, one connection, p99 < 1 ms (scenario 3)',
-      $add99{allowed}, sub { $_[0] < 1000 }, '%+.0f us', '' ],
-    [ 'Redis commands per check ~ 1 (scenario 3)',
-      $cmds{allowed}, sub { abs($_[0] - 1) <= 0.02 }, '%.3f', '' ],
-    [ 'Redis writes (round trips) per check <= 1 (scenario 3)',
+          ? 'passed, but below the 0.75x aim' : '' ],
+    [ 4, 'deny path: throughput >= 0.95x plain',
+      $x{hot_key}, sub { $_[0] >= 0.95 }, '%.3fx', deny_cache_note() ],
+    [ 6, "dead shard's keys, fail open: throughput >= 0.95x plain",
+      $x{only_dead}, sub { $_[0] >= 0.95 }, '%.3fx', shard_down_note() ],
+    [ 3, 'Redis time per check <= 4 us, at its batch size',
+      $usec_check{allowed}, sub { $_[0] <= 4 }, '%.1f us',
+      'mean batch size ' . fmt('%.2f', $batch{allowed})
+      . ' (checks per script call) under this load' ],
+    [ 3, 'added latency, one connection: p50 <= 50 us',
+      $add50{allowed}, sub { $_[0] <= 50 }, '%+.0f us', '' ],
+    [ 3, 'added latency, one connection: p99 <= 300 us',
+      $add99{allowed}, sub { $_[0] <= 300 }, '%+.0f us', '' ],
+    [ 3, 'Redis commands per check <= 1 (no retries)',
+      $cmds{allowed}, sub { $_[0] <= 1.02 }, '%.3f', '' ],
+    [ 3, 'Redis writes (round trips) per check <= 1',
       $writes{allowed}, sub { $_[0] <= 1 }, '%.3f', '' ],
 );
 
-# Scenario 5 still checks the live shard's keys in Redis: a mix of plain
-# requests and scenario 3 requests in that proportion predicts its ratio.
+# Scenario 5 (one of two shards dead) still checks the live shard's keys
+# in Redis: a mix of plain requests and scenario 3 requests in that
+# proportion predicts its ratio.
 sub shard_down_note {
     my @r = map { $by{shard_down}{load}{$_} // () } @rounds;
     my $f = median(map { ratio($_->{checks}, $_->{requests}) } @r);
-    return '' unless defined $f && $x{allowed};
+    return '' unless defined $f && $x{allowed} && defined $x{shard_down};
     my $mix = 1 / ((1 - $f) + $f / $x{allowed});
-    return sprintf '%.0f%% of requests still checked on the live shard: '
+    return sprintf 'not a target: scenario 5 (1 of 2 shards dead) %.2fx; '
+                 . "%.0f%% of its requests\nstill checked on the live shard: "
                  . 'that mix of 1 and %.2fx predicts %.2fx',
-                   100 * $f, $x{allowed}, $mix;
+                   $x{shard_down}, 100 * $f, $x{allowed}, $mix;
 }
 
 sub deny_cache_note {
@@ -351,20 +403,41 @@ sub deny_cache_note {
         : 'no denied_cached: every denial still asks Redis';
 }
 
-print "Targets\n\n";
+print "Targets (PASS or MISS as measured; nothing is tuned to meet them)\n\n";
+printf "  %-2s %-58s %10s  %s\n", '#', 'target', 'measured', 'result';
 my $missed = 0;
+my $unknown = 0;
 for my $t (@targets) {
-    my ($what, $v, $ok, $fmt, $note) = @$t;
-    my $verdict = !defined $v ? 'n/a ' : $ok->($v) ? 'met ' : 'MISS';
+    my ($n, $what, $v, $ok, $fmt, $note) = @$t;
+    my $verdict = !defined $v ? 'n/a' : $ok->($v) ? 'PASS' : 'MISS';
+    # plain nginx slower than the module: the noise was larger than what
+    # is measured, and the figure supports no verdict
+    if (defined $v && $fmt =~ / us$/ && $what =~ /added latency/ && $v < 0) {
+        $verdict = 'n/a';
+        $note = "below plain nginx: its own percentile was disturbed more "
+              . "in most rounds\n(see the CPU table's \"other\"): no verdict";
+    }
     $missed++ if $verdict eq 'MISS';
-    printf "  [%s] %-58s %9s\n", $verdict, $what, fmt($fmt, $v);
-    print "         $note\n" if $note;
+    $unknown++ if $verdict eq 'n/a';
+    printf "  %-2s %-58s %10s  %s\n", $n, $what, fmt($fmt, $v), $verdict;
+    print map { "     $_\n" } split /\n/, $note if $note;
 }
-printf "\n  %d of %d targets met\n", @targets - $missed, scalar @targets;
+printf "\n  %d of %d targets passed%s\n", @targets - $missed - $unknown,
+       scalar @targets, $unknown ? ", $unknown without a verdict" : '';
+
+# how disturbed the run was: what processes other than the bench's took
+my $other = median(map {
+    my $v = $_->{box_busy_ms} - $_->{cpu_nginx_ms} - $_->{cpu_redis_ms}
+            - $_->{cpu_wrk_ms};
+    ratio(100 * ($v < 0 ? 0 : $v), $_->{box_total_ms});
+} grep { $_->{mode} eq 'load' } @rows);
+printf "  other processes took %s of the machine's CPU time during the load "
+     . "runs (median);\n  above a few percent the run was disturbed\n",
+       fmt('%.0f%%', $other);
 
 # sanity: what should have been allowed was
 my @warn;
-for my $s (qw(plain limit_req allowed shard_down)) {
+for my $s (qw(plain limit_req allowed shard_down only_dead)) {
     my $n = 0;
     $n += $_->{non2xx} for map { $by{$s}{$_} ? values %{ $by{$s}{$_} } : () }
                            qw(load c1);
@@ -391,6 +464,7 @@ open $fh, '>', "$dir/plot.vars" or die "$dir/plot.vars: $!\n";
 print $fh "subtitle = \"$meta{nproc} cores, $cpu, $meta{kernel}; "
         . "median of $nrounds round" . ($nrounds == 1 ? "" : "s") . ", $meta{duration} s each at $conns; "
         . "empty_gif in every scenario\"\n";
+print $fh "nscenarios = " . scalar(@plot) . "\n";
 close $fh;
 
 
