@@ -18,7 +18,7 @@ c_x = 1; c_zone = 2; c_rps = 6; c_rps_min = 7; c_rps_max = 8
 c_plain = 9; c_xplain = 10; c_p50 = 11; c_p99 = 12; c_plain_p50 = 13
 c_plain_p99 = 14; c_redis = 17; c_cpu = 18; c_batch = 19; c_lookups = 21
 
-set terminal pngcairo size 1100,1100 font 'Sans,10' noenhanced
+set terminal pngcairo size 1200,1100 font 'Sans,10' noenhanced
 set output resultdir . '/curve-' . curve . '.png'
 set datafile separator "\t"
 set datafile missing '-'
@@ -41,20 +41,18 @@ if (curve eq 'callers' || curve eq 'concurrency') {
 } else {
     set xrange [STATS_min - 0.5 : STATS_max + 0.5]
 }
-set xtics nomirror
-if (curve eq 'shards' || curve eq 'policies') { set xtics 1 }
-if (curve eq 'concurrency') { set xtics 2 }
+eval 'set xtics nomirror ' . xtics
 set grid xtics ytics
 
 # the same plot area in every panel, the keys right of it
 set lmargin at screen 0.08
-set rmargin at screen 0.66
-set key at screen 0.75, graph 1 left top Left reverse
+set rmargin at screen 0.68
+set key at screen 0.76, graph 1 left top Left reverse
 
 # a series per zone (several only in the callers curve): its rows only
 nz = words(zones)
 inzone(i) = strcol(c_zone) eq word(zones, i) ? column(c_x) : NaN
-zt(s, i) = nz > 1 ? s . ', zone ' . word(zones, i) : s
+zt(s, i) = nz > 1 ? s . ', ' . word(zones, i) : s
 colour(i) = i == 1 ? '#4477aa' : i == 2 ? '#ee6677' : i == 3 ? '#228833' \
             : '#aa3377'
 
@@ -74,10 +72,10 @@ plot datafile using (column(c_x)):(column(c_plain)) skip 1 \
         title 'plain nginx, same rounds', \
      for [i = 1:nz] datafile using (inzone(i)):(column(c_rps)):\
         (column(c_rps_min)):(column(c_rps_max)) skip 1 \
-        with yerrorlines lw 2 pt 7 lc rgb colour(i) title zt('module', i), \
+        with yerrorlines lw 2 pt 7 lc rgb colour(i) title (nz > 1 ? 'module, zone ' . word(zones, i) : 'module'), \
      for [i = 1:nz] datafile using (inzone(i)):(column(c_rps)):\
         (sprintf('%.2fx', column(c_xplain))) skip 1 \
-        with labels offset 0, (i == 1 ? 1.3 : -1.3) font ',9' \
+        with labels offset 0, (i == nz ? 1.3 : -1.3) font ',9' \
         tc rgb colour(i) notitle
 
 # --- Redis per check
@@ -86,13 +84,13 @@ if (curve eq 'callers') {
     set y2label 'rule lookups per request'
     set y2range [0:1.05]
     c_right = c_lookups
-    right = 'rule lookups/request (right)'
+    right = 'lookups/request (right)'
 } else {
     set title 'Redis per check, and the mean batch size (right axis)'
     set y2label 'checks per script call (mean batch size)'
     set y2range [0:2<*]
     c_right = c_batch
-    right = 'mean batch size (right)'
+    right = 'batch size (right)'
 }
 set ylabel 'microseconds per check'
 set yrange [0:*]
@@ -100,10 +98,10 @@ set y2tics
 set ytics nomirror
 plot for [i = 1:nz] datafile using (inzone(i)):(column(c_redis)) skip 1 \
         with linespoints lw 2 pt 7 lc rgb colour(i) \
-        title zt('Redis time (commandstats)', i), \
+        title zt('Redis time, commandstats', i), \
      for [i = 1:nz] datafile using (inzone(i)):(column(c_cpu)) skip 1 \
         with linespoints lw 2 pt 5 dt 2 lc rgb colour(i) \
-        title zt('Redis process CPU (/proc)', i), \
+        title zt('Redis CPU, /proc', i), \
      for [i = 1:nz] datafile using (inzone(i)):(column(c_right)) skip 1 \
         axes x1y2 with linespoints lw 1 pt 9 dt 3 lc rgb colour(i) \
         title zt(right, i)

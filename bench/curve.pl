@@ -204,6 +204,10 @@ for my $curve (qw(shards callers policies concurrency)) {
     print $fh 'zones = "' . join(' ', sort { size($a) <=> size($b) } keys %z)
             . "\"\n";
     print $fh "title = \"$TITLE{$curve}\"\n";
+    # a tic at each point, 10000 as 10k
+    my %x = map { $_->{x} => 1 } @f;
+    print $fh 'xtics = "(' . join(', ', map { "\\\"" . short($_) . "\\\" $_" }
+                                   sort { $a <=> $b } keys %x) . ")\"\n";
     close $fh;
 
     print "$TITLE{$curve}\n\n";
@@ -275,6 +279,13 @@ print $fh "subtitle = \"$meta{nproc} cores, $cpu; commit $meta{commit}; "
         . ", $meta{duration} s each\"\n";
 close $fh;
 
+
+# 10000 as 10k, 1000000 as 1M
+sub short {
+    my ($n) = @_;
+    return $n % 1000000 == 0 ? ($n / 1000000) . 'M'
+         : $n % 1000 == 0    ? ($n / 1000) . 'k' : $n;
+}
 
 # a zone size in bytes, for ordering
 sub size {

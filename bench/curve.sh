@@ -74,7 +74,7 @@ done
 
 need_tools
 bench_begin
-rm -f "$results"/curve-*.tsv "$results"/curve-*.png "$results"/curve-*.dat \
+rm -f "$results"/curve-*.tsv "$results"/curve-*.png "$results"/curve-*.vars \
       "$results/curve-summary.txt" "$results/curve-meta.txt"
 
 has_curve() {
