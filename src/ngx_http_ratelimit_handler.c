@@ -564,7 +564,6 @@ ngx_http_ratelimit_find_rule(ngx_http_ratelimit_check_t *check)
     }
 
     check->read_rule = 1;
-    ngx_http_ratelimit_count(rule_lookups, 1);
 }
 
 
@@ -932,6 +931,8 @@ ngx_http_ratelimit_send_group(ngx_http_ratelimit_ctx_t *ctx)
         /* the rule unknown: the customer's rules, read where the key is */
 
         if (check->read_rule) {
+            ngx_http_ratelimit_count(rule_lookups, 1);
+
             check->wire.field = check->customer.data;
             check->wire.field_len = check->customer.len;
 
