@@ -14,6 +14,10 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::Bin;
+use Figures qw(median ratio fmt redis_usec read_meta read_tsv);
+
 my $dir = shift @ARGV or die "usage: curve.pl RESULTS_DIR\n";
 
 my %meta = read_meta("$dir/curve-meta.txt");
@@ -38,31 +42,6 @@ for my $r (@rows) {
     }
 }
 
-sub median {
-    my @v = sort { $a <=> $b } grep { defined && $_ ne '-' } @_;
-    return undef unless @v;
-    my $m = int(@v / 2);
-    return @v % 2 ? $v[$m] : ($v[$m - 1] + $v[$m]) / 2;
-}
-
-sub ratio {
-    my ($a, $b) = @_;
-    return undef if !defined $a || !defined $b || $a eq '-' || $b eq '-'
-                    || $b == 0;
-    return $a / $b;
-}
-
-sub fmt {
-    my ($fmt, $v) = @_;
-    return defined $v ? sprintf($fmt, $v) : '-';
-}
-
-# the module's Redis time: its script calls and rule lookups (bench.pl)
-sub redis_usec {
-    my ($r) = @_;
-    return undef if $r->{evalsha_usec} eq '-';
-    return $r->{evalsha_usec} + $r->{eval_usec} + $r->{lookup_usec};
-}
 
 # the share of the machine's CPU time that went to processes other than
 # wrk, nginx and Redis during a run (and to kernel work charged to none):
@@ -294,28 +273,4 @@ sub size {
     return $n * ({ '' => 1, k => 1024, m => 1024 * 1024 }->{lc $u});
 }
 
-sub read_meta {
-    my ($file) = @_;
-    open my $fh, '<', $file or die "$file: $!\n";
-    my %m;
-    while (<$fh>) {
-        chomp;
-        $m{$1} = $2 if /^(\w+)=(.*)$/;
-    }
-    return %m;
-}
 
-sub read_tsv {
-    my ($file) = @_;
-    open my $fh, '<', $file or die "$file: $!\n";
-    chomp(my $head = <$fh> // '');
-    my @cols = split /\t/, $head;
-    my @out;
-    while (<$fh>) {
-        chomp;
-        my %row;
-        @row{@cols} = split /\t/;
-        push @out, \%row;
-    }
-    return @out;
-}

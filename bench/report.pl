@@ -13,6 +13,10 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::Bin;
+use Figures qw(median ratio fmt redis_usec read_meta read_tsv);
+
 my $dir = shift @ARGV or die "usage: report.pl RESULTS_DIR\n";
 
 my %meta = read_meta("$dir/meta.txt");
@@ -40,12 +44,6 @@ my %by;
 $by{ $_->{scenario} }{ $_->{mode} }{ $_->{round} } = $_ for @rows;
 my @rounds = sort { $a <=> $b } keys %{ { map { $_->{round} => 1 } @rows } };
 
-sub median {
-    my @v = sort { $a <=> $b } grep { defined && $_ ne '-' } @_;
-    return undef unless @v;
-    my $m = int(@v / 2);
-    return @v % 2 ? $v[$m] : ($v[$m - 1] + $v[$m]) / 2;
-}
 
 # median over the rounds of f(row of s, row of plain in the same round)
 sub per_round {
@@ -60,17 +58,6 @@ sub per_round {
     return median(@v);
 }
 
-sub ratio {
-    my ($a, $b) = @_;
-    return undef if !defined $a || !defined $b || $a eq '-' || $b eq '-'
-                    || $b == 0;
-    return $a / $b;
-}
-
-sub fmt {
-    my ($fmt, $v) = @_;
-    return defined $v ? sprintf($fmt, $v) : '-';
-}
 
 my $conns = "-t$meta{threads} -c$meta{connections}";
 my $nrounds = @rounds;
@@ -168,13 +155,6 @@ NOTE
 
 my (%cmds, %writes, %batch, %usec_check);
 
-# the module's Redis time per check: its script calls and its rule lookups
-# (bench.pl says why these), from the shards' INFO commandstats
-sub redis_usec {
-    my ($row) = @_;
-    return undef if $row->{evalsha_usec} eq '-';
-    return $row->{evalsha_usec} + $row->{eval_usec} + $row->{lookup_usec};
-}
 
 print "Redis work under load ($conns), per request and per check\n\n";
 printf "  %-2s %-12s %10s %7s %12s %8s %9s %9s %11s %12s\n",
@@ -468,28 +448,3 @@ print $fh "nscenarios = " . scalar(@plot) . "\n";
 close $fh;
 
 
-sub read_meta {
-    my ($file) = @_;
-    open my $fh, '<', $file or die "$file: $!\n";
-    my %m;
-    while (<$fh>) {
-        chomp;
-        $m{$1} = $2 if /^(\w+)=(.*)$/;
-    }
-    return %m;
-}
-
-sub read_tsv {
-    my ($file) = @_;
-    open my $fh, '<', $file or die "$file: $!\n";
-    chomp(my $head = <$fh> // '');
-    my @cols = split /\t/, $head;
-    my @out;
-    while (<$fh>) {
-        chomp;
-        my %row;
-        @row{@cols} = split /\t/;
-        push @out, \%row;
-    }
-    return @out;
-}

@@ -59,7 +59,6 @@ struct ngx_http_ratelimit_batch_s {
     ngx_http_ratelimit_batch_t        *next;       /* free, or every one */
     ngx_http_ratelimit_batch_t        *all;
 
-    unsigned                           open:1;     /* takes members */
     unsigned                           eval:1;     /* resent after NOSCRIPT */
 };
 
@@ -139,7 +138,6 @@ ngx_http_ratelimit_batch_add(ngx_uint_t shard,
     {
         /* full: it goes out at the end of the turn all the same */
 
-        batch->open = 0;
         batch = NULL;
     }
 
@@ -272,7 +270,6 @@ ngx_http_ratelimit_batch_get(ngx_http_ratelimit_conn_t *conn,
     batch->waiting = 0;
     batch->slot = NULL;
     batch->next = NULL;
-    batch->open = 1;
     batch->eval = 0;
 
     ngx_post_event(&batch->send, &ngx_posted_events);
@@ -319,8 +316,6 @@ ngx_http_ratelimit_batch_send_handler(ngx_event_t *ev)
     if (*open == batch) {
         *open = NULL;
     }
-
-    batch->open = 0;
 
     if (batch->waiting == 0) {
         ngx_http_ratelimit_batch_put(batch);
