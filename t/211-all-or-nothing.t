@@ -7,7 +7,8 @@
 # 200 concurrent requests of one caller over two nginx nodes (each a master
 # with two workers): exactly 30 pass, and "big" has then counted exactly 30
 # (the requests "small" refused were given back, or never taken).  Both
-# orders of the shards, one shard for both, and both algorithms.
+# orders of the shards, one shard for both, and both algorithms; and again
+# while one node reloads (once with a configuration it refuses).
 
 use strict;
 use warnings;
@@ -127,6 +128,38 @@ for my $alg (qw(tb sw)) {
         };
     }
 }
+
+subtest 'reloads of one node, one of them failing, while the burst is in flight: still exactly 30' => sub {
+    my ($va) = values_on_shard('big', 'http_x_a', 0, 1);
+    my ($vb) = values_on_shard('small', 'http_x_b', 1, 1);
+    ok defined $va && defined $vb, 'keys on the shards wanted';
+
+    # paced clients, so that requests are in flight across the reloads
+    my $kids = RLTest::Nginx::parallel_start(20, sub {
+        my ($i) = @_;
+        my $node = $i % 2 ? $a : $b;
+        my $http = HTTP::Tiny->new(keep_alive => 1, timeout => 10);
+        map {
+            sleep 0.05;
+            $http->get($node->url('/tb/x'),
+                       { headers => { 'X-A' => $va, 'X-B' => $vb } })->{status}
+        } 1 .. 10;
+    });
+
+    ok $a->reload_nowait($http), 'node A reloaded';
+    is $a->reload_nowait($http . "    ratelimit_policy broken;\n"), 0,
+        'a broken configuration is refused';
+    ok $a->reload_nowait($http), 'node A reloaded again';
+
+    my $count = status_counts(RLTest::Nginx::parallel_wait($kids));
+    is $count->{200}, 30, 'exactly 30 passed';
+    is $count->{429}, 170, 'the other 170 refused, none lost';
+
+    sleep 0.3;
+    my $r = $b->get('/tb-big/x', 'X-A' => $va);
+    like $r->{headers}{ratelimit} // '', qr/^"big";r=20;t=\d+$/,
+        'big has counted exactly 30';
+};
 
 unlike $a->error_log . $b->error_log,
     qr/\[(alert|crit|emerg)\]|exited on signal|could not give back|giving back .* failed/,
