@@ -22,6 +22,7 @@
 #include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_stats.h"
+#include "ngx_http_ratelimit_metrics.h"
 #include "ngx_http_ratelimit_scripts.h"
 
 #include <ngx_sha1.h>
@@ -40,6 +41,7 @@
 
 struct ngx_http_ratelimit_batch_s {
     ngx_http_ratelimit_conn_t         *conn;
+    ngx_uint_t                         shard;
     ngx_msec_t                         timeout;
 
     ngx_http_ratelimit_member_t       *members[NGX_HTTP_RATELIMIT_BATCH_MAX];
@@ -49,6 +51,7 @@ struct ngx_http_ratelimit_batch_s {
     ngx_uint_t                         sent;       /* checks in the call */
 
     ngx_http_ratelimit_slot_t         *slot;       /* the call in flight */
+    uint64_t                           sent_at;    /* us, monotonic */
     ngx_event_t                        send;       /* posted: end of turn */
     ngx_event_t                        timer;
 
@@ -70,7 +73,7 @@ typedef struct {
 
 
 static ngx_http_ratelimit_batch_t *ngx_http_ratelimit_batch_get(
-    ngx_http_ratelimit_conn_t *conn, ngx_msec_t timeout);
+    ngx_http_ratelimit_conn_t *conn, ngx_uint_t shard, ngx_msec_t timeout);
 static void ngx_http_ratelimit_batch_put(ngx_http_ratelimit_batch_t *batch);
 static void ngx_http_ratelimit_batch_send_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_ratelimit_batch_send(
@@ -142,7 +145,7 @@ ngx_http_ratelimit_batch_add(ngx_uint_t shard,
     }
 
     if (batch == NULL) {
-        batch = ngx_http_ratelimit_batch_get(conn, timeout);
+        batch = ngx_http_ratelimit_batch_get(conn, shard, timeout);
         if (batch == NULL) {
             return NGX_ERROR;
         }
@@ -232,7 +235,7 @@ ngx_http_ratelimit_batch_exit_process(void)
 
 static ngx_http_ratelimit_batch_t *
 ngx_http_ratelimit_batch_get(ngx_http_ratelimit_conn_t *conn,
-    ngx_msec_t timeout)
+    ngx_uint_t shard, ngx_msec_t timeout)
 {
     ngx_http_ratelimit_batch_t  *batch;
 
@@ -264,6 +267,7 @@ ngx_http_ratelimit_batch_get(ngx_http_ratelimit_conn_t *conn,
     }
 
     batch->conn = conn;
+    batch->shard = shard;
     batch->timeout = timeout;
     batch->nmembers = 0;
     batch->nchecks = 0;
@@ -446,9 +450,18 @@ ngx_http_ratelimit_batch_send(ngx_http_ratelimit_batch_t *batch)
         return NGX_ERROR;
     }
 
+    /* the connection writes it at the end of this same turn */
+
+    batch->sent_at = ngx_http_ratelimit_usec();
+
     if (!batch->eval) {
         ngx_http_ratelimit_count(checks, batch->sent);
         ngx_http_ratelimit_count(batches, 1);
+        ngx_http_ratelimit_count_shard(batch->shard,
+                                       NGX_HTTP_RATELIMIT_SHARD_CHECKS,
+                                       batch->sent);
+        ngx_http_ratelimit_count_shard(batch->shard,
+                                       NGX_HTTP_RATELIMIT_SHARD_BATCHES, 1);
     }
 
     return NGX_OK;
@@ -496,6 +509,8 @@ ngx_http_ratelimit_batch_reply(void *data, redisReply *reply)
     switch (rc) {
 
     case RL_REPLY_OK:
+        ngx_http_ratelimit_observe_rtt(batch->shard,
+                                     ngx_http_ratelimit_usec() - batch->sent_at);
         ngx_http_ratelimit_batch_end(batch, NGX_OK, results, now_ms, NULL);
         return;
 

@@ -37,6 +37,7 @@
 #include "ngx_http_ratelimit_handler.h"
 #include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_zone.h"
+#include "ngx_http_ratelimit_metrics.h"
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_rules.h"
 #include "rl_reply.h"
@@ -1087,6 +1088,8 @@ ngx_http_ratelimit_group_decided(ngx_http_ratelimit_ctx_t *ctx,
 
             if (!refused) {
                 ngx_http_ratelimit_count(allowed, 1);
+                ngx_http_ratelimit_count_outcome(check->policy,
+                                             NGX_HTTP_RATELIMIT_OUTCOME_PASSED);
 
                 if (check->cost > 0) {
                     check->taken = 1;
@@ -1157,11 +1160,15 @@ ngx_http_ratelimit_failed(ngx_http_ratelimit_check_t *check,
     if (ctx->conf->fail != NGX_HTTP_RATELIMIT_FAIL_CLOSED) {
         check->status = NGX_HTTP_RATELIMIT_FAILED_OPEN;
         ngx_http_ratelimit_count(failed_open, 1);
+        ngx_http_ratelimit_count_outcome(check->policy,
+                                        NGX_HTTP_RATELIMIT_OUTCOME_FAILED_OPEN);
         return;
     }
 
     check->status = NGX_HTTP_RATELIMIT_FAILED_CLOSED;
     ngx_http_ratelimit_count(failed_closed, 1);
+    ngx_http_ratelimit_count_outcome(check->policy,
+                                     NGX_HTTP_RATELIMIT_OUTCOME_FAILED_CLOSED);
 
     retry = check->health ? ngx_http_ratelimit_shard_retry_in(check->health)
                           : 0;
@@ -1190,6 +1197,9 @@ ngx_http_ratelimit_denial(ngx_http_ratelimit_check_t *check,
     r = ctx->request;
 
     ngx_http_ratelimit_count(denied, 1);
+    ngx_http_ratelimit_count_outcome(check->policy, check->dry_run
+                                  ? NGX_HTTP_RATELIMIT_OUTCOME_REJECTED_DRY_RUN
+                                  : NGX_HTTP_RATELIMIT_OUTCOME_REJECTED);
 
     if (from_redis) {
 

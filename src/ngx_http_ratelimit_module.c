@@ -12,6 +12,7 @@
 #include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_admin.h"
 #include "ngx_http_ratelimit_stats.h"
+#include "ngx_http_ratelimit_metrics.h"
 
 
 static void *ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf);
@@ -39,6 +40,8 @@ static ngx_int_t ngx_http_ratelimit_parse_window(ngx_conf_t *cf,
 static ngx_int_t ngx_http_ratelimit_resolve(ngx_conf_t *cf,
     ngx_http_ratelimit_loc_conf_t *conf);
 static char *ngx_http_ratelimit_default(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -223,6 +226,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
     { ngx_string("ratelimit_stats"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_ratelimit_stats,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_ratelimit_metrics,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -1355,6 +1365,27 @@ ngx_http_ratelimit_stats(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
+ * ratelimit_metrics: this location answers the same counters, and those of
+ * each shard and policy, in Prometheus' text format
+ */
+
+static char *
+ngx_http_ratelimit_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t        *clcf;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
+    rmcf->needs_zone = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_ratelimit_metrics_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
  * The stock slots name either the directive or the value; these name both,
  * and what would have been right.
  */
@@ -1474,8 +1505,8 @@ ngx_http_ratelimit_init(ngx_conf_t *cf)
 
     if (rmcf->needs_zone && rmcf->shm_zone == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"ratelimit_stats\" and \"ratelimit_admin\" "
-                      "require \"ratelimit_zone\"");
+                      "\"ratelimit_stats\", \"ratelimit_metrics\" and "
+                      "\"ratelimit_admin\" require \"ratelimit_zone\"");
         return NGX_ERROR;
     }
 
@@ -1535,6 +1566,7 @@ ngx_http_ratelimit_init_module(ngx_cycle_t *cycle)
 
     if (rmcf && rmcf->shm_zone) {
         ngx_http_ratelimit_ring_commit(rmcf->shm_zone->data);
+        ngx_http_ratelimit_metrics_commit(rmcf->shm_zone->data, cycle->log);
     }
 
     return NGX_OK;
@@ -1560,6 +1592,12 @@ ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
     }
 
     ngx_http_ratelimit_ring_hold(rmcf->shm_zone->data);
+
+    if (ngx_http_ratelimit_metrics_hold(rmcf->shm_zone->data, cycle)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     if (!rmcf->used && !rmcf->needs_shards) {
         return NGX_OK;
@@ -1595,6 +1633,7 @@ ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle)
                                                ngx_http_ratelimit_module);
 
     if (rmcf && rmcf->shm_zone) {
+        ngx_http_ratelimit_metrics_release(rmcf->shm_zone->data);
         ngx_http_ratelimit_ring_release(rmcf->shm_zone->data);
     }
 }

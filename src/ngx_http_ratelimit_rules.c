@@ -409,6 +409,10 @@ ngx_http_ratelimit_poll_done(ngx_http_ratelimit_poller_t *poller)
         return;
     }
 
+    /* a shard answered: this node knows the rules version in force */
+
+    sh->rules_synced_at = (ngx_atomic_uint_t) ngx_time();
+
     if ((ngx_atomic_uint_t) highest != sh->rules_version) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, poller->log, 0,
                        "ratelimit: rules version %uA -> %L",

@@ -524,17 +524,25 @@ ngx_http_ratelimit_shard_event(ngx_uint_t shard, ngx_uint_t event,
 
     case NGX_HTTP_RATELIMIT_REDIS_COMMAND:
         ngx_http_ratelimit_count(redis_commands, 1);
+        ngx_http_ratelimit_count_shard(shard,
+                                       NGX_HTTP_RATELIMIT_SHARD_COMMANDS, 1);
         return;
 
     case NGX_HTTP_RATELIMIT_REDIS_WRITE:
         ngx_http_ratelimit_count(redis_writes, 1);
+        ngx_http_ratelimit_count_shard(shard, NGX_HTTP_RATELIMIT_SHARD_WRITES,
+                                       1);
         return;
 
     case NGX_HTTP_RATELIMIT_REDIS_REPLY:
         ngx_http_ratelimit_count(redis_replies, 1);
+        ngx_http_ratelimit_count_shard(shard, NGX_HTTP_RATELIMIT_SHARD_REPLIES,
+                                       1);
         break;
 
     default: /* NGX_HTTP_RATELIMIT_REDIS_FAILED */
+        ngx_http_ratelimit_count_shard(shard,
+                                       NGX_HTTP_RATELIMIT_SHARD_FAILURES, 1);
         break;
     }
 

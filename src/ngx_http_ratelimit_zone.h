@@ -13,6 +13,7 @@
 #include "ngx_http_ratelimit_module.h"
 #include "ngx_http_ratelimit_cache.h"
 #include "ngx_http_ratelimit_stats.h"
+#include "ngx_http_ratelimit_metrics.h"
 #include "rl_ketama.h"
 
 
@@ -52,9 +53,11 @@ typedef struct {
     ngx_atomic_t                    epoch;       /* of the cached rules */
     ngx_atomic_t                    rules_version;   /* highest seen */
     ngx_atomic_t                    rules_polled_at;
+    ngx_atomic_t                    rules_synced_at; /* unix time, 0: never */
     ngx_http_ratelimit_cache_t      rule_cache;
     ngx_http_ratelimit_cache_t      deny_cache;
     ngx_http_ratelimit_stats_t      stats;
+    ngx_http_ratelimit_series_t    *series;      /* per shard and policy */
 } ngx_http_ratelimit_shctx_t;
 
 
