@@ -13,7 +13,7 @@ packages="
     libpcre2-dev zlib1g-dev redis-server redis-tools nutcracker curl
     libtest-base-perl libtext-diff-perl libtest-longstring-perl
     liblist-moreutils-perl libwww-perl liburi-perl libipc-run-perl
-    libredis-perl
+    libredis-perl python3-prometheus-client
 "
 
 for flag in "$@"; do
