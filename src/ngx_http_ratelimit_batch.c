@@ -510,7 +510,7 @@ ngx_http_ratelimit_batch_reply(void *data, redisReply *reply)
 
     case RL_REPLY_OK:
         ngx_http_ratelimit_observe_rtt(batch->shard,
-                                     ngx_http_ratelimit_usec() - batch->sent_at);
+                                 ngx_http_ratelimit_usec() - batch->sent_at);
         ngx_http_ratelimit_batch_end(batch, NGX_OK, results, now_ms, NULL);
         return;
 

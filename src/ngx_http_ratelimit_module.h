@@ -7,6 +7,8 @@
  *   ngx_http_ratelimit_zone.h     the shared zone: ring, shard health
  *   ngx_http_ratelimit_cache.h    the zone's rule and deny caches
  *   ngx_http_ratelimit_stats.h    the zone's counters, the stats location
+ *   ngx_http_ratelimit_metrics.h  counters per shard and policy, the
+ *                                 Prometheus location
  *   ngx_http_ratelimit_redis.h    each worker's connections to the shards
  *   ngx_http_ratelimit_rules.h    per-customer rules kept in Redis
  *   ngx_http_ratelimit_rules_store.h  one rule's change on every shard,
