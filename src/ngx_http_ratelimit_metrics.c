@@ -44,6 +44,14 @@ typedef struct {
 } ngx_http_ratelimit_family_t;
 
 
+/* the series a commit found no room for: said in one line */
+typedef struct {
+    ngx_uint_t                      n;
+    ngx_uint_t                      kind;       /* of the first */
+    ngx_str_t                       name;
+} ngx_http_ratelimit_missed_t;
+
+
 #define ngx_http_ratelimit_family(name, type, help)                           \
     { ngx_string(name), ngx_string(type), ngx_string(help), 0 }
 
@@ -153,9 +161,9 @@ static ngx_str_t  ngx_http_ratelimit_outcomes[] = {
 
 static ngx_http_ratelimit_series_t *ngx_http_ratelimit_series_find_locked(
     ngx_http_ratelimit_zone_t *zone, ngx_uint_t kind, ngx_str_t *name);
-static ngx_http_ratelimit_series_t *ngx_http_ratelimit_series_add_locked(
+static void ngx_http_ratelimit_series_add_locked(
     ngx_http_ratelimit_zone_t *zone, ngx_uint_t kind, ngx_str_t *name,
-    ngx_log_t *log);
+    ngx_http_ratelimit_missed_t *missed);
 static void ngx_http_ratelimit_series_free_locked(
     ngx_http_ratelimit_zone_t *zone, ngx_http_ratelimit_series_t *series);
 static ngx_http_ratelimit_series_t *ngx_http_ratelimit_series_hold_locked(
@@ -172,6 +180,8 @@ static u_char *ngx_http_ratelimit_metrics_label(u_char *p, u_char *last,
 
 static ngx_str_t  ngx_http_ratelimit_default_name = ngx_string("default");
 
+static char  *ngx_http_ratelimit_kinds[] = { "shard", "policy" };
+
 
 /* this worker's series: per shard index, per named policy, "default" */
 static ngx_http_ratelimit_zone_t     *ngx_http_ratelimit_metrics_zone;
@@ -187,8 +197,8 @@ static ngx_http_ratelimit_series_t   *ngx_http_ratelimit_default_series;
  * The master commits a configuration (init_module, once the reload can no
  * longer fail): the series of its shards and policies are current, found
  * or made now; the others go unless a worker still counts in them.  A full
- * zone gives up cached entries first; a series that still finds no room is
- * not counted, and said once.
+ * zone gives up cached entries first; the series that still find no room
+ * are not counted, and said in one line.
  */
 
 void
@@ -196,12 +206,14 @@ ngx_http_ratelimit_metrics_commit(ngx_http_ratelimit_zone_t *zone,
     ngx_log_t *log)
 {
     ngx_uint_t                        i;
+    ngx_http_ratelimit_missed_t       missed;
     ngx_http_ratelimit_series_t      *s, *next;
     ngx_http_ratelimit_policy_t      *policy;
     ngx_http_ratelimit_shard_conf_t  *shard;
     ngx_http_ratelimit_main_conf_t   *rmcf;
 
     rmcf = zone->main_conf;
+    missed.n = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -212,26 +224,26 @@ ngx_http_ratelimit_metrics_commit(ngx_http_ratelimit_zone_t *zone,
     shard = rmcf->shards.elts;
 
     for (i = 0; i < rmcf->shards.nelts; i++) {
-        (void) ngx_http_ratelimit_series_add_locked(zone,
-                                                NGX_HTTP_RATELIMIT_SERIES_SHARD,
-                                                &shard[i].name, log);
+        ngx_http_ratelimit_series_add_locked(zone,
+                                             NGX_HTTP_RATELIMIT_SERIES_SHARD,
+                                             &shard[i].name, &missed);
     }
 
     policy = rmcf->policies.elts;
 
     for (i = 0; i < rmcf->policies.nelts; i++) {
-        (void) ngx_http_ratelimit_series_add_locked(zone,
-                                               NGX_HTTP_RATELIMIT_SERIES_POLICY,
-                                               &policy[i].name, log);
+        ngx_http_ratelimit_series_add_locked(zone,
+                                             NGX_HTTP_RATELIMIT_SERIES_POLICY,
+                                             &policy[i].name, &missed);
     }
 
     /* every location's unnamed policy counts as one, "default" */
 
     if (rmcf->used) {
-        (void) ngx_http_ratelimit_series_add_locked(zone,
-                                               NGX_HTTP_RATELIMIT_SERIES_POLICY,
-                                               &ngx_http_ratelimit_default_name,
-                                               log);
+        ngx_http_ratelimit_series_add_locked(zone,
+                                             NGX_HTTP_RATELIMIT_SERIES_POLICY,
+                                             &ngx_http_ratelimit_default_name,
+                                             &missed);
     }
 
     for (s = zone->sh->series; s; s = next) {
@@ -243,6 +255,15 @@ ngx_http_ratelimit_metrics_commit(ngx_http_ratelimit_zone_t *zone,
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (missed.n) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "ratelimit: no room in the zone for the metrics of %ui "
+                      "shards and policies (the first: %s \"%V\"), not "
+                      "counted: make \"ratelimit_zone\" larger",
+                      missed.n, ngx_http_ratelimit_kinds[missed.kind],
+                      &missed.name);
+    }
 }
 
 
@@ -424,11 +445,15 @@ ngx_http_ratelimit_series_find_locked(ngx_http_ratelimit_zone_t *zone,
 }
 
 
-/* found or made, and current; appended, so that they show in config order */
+/*
+ * Found or made, and current; appended, so that they show in the
+ * configuration's order.  The configuration allows no name longer than a
+ * series holds.
+ */
 
-static ngx_http_ratelimit_series_t *
+static void
 ngx_http_ratelimit_series_add_locked(ngx_http_ratelimit_zone_t *zone,
-    ngx_uint_t kind, ngx_str_t *name, ngx_log_t *log)
+    ngx_uint_t kind, ngx_str_t *name, ngx_http_ratelimit_missed_t *missed)
 {
     ngx_http_ratelimit_series_t   *s, **pp;
 
@@ -436,28 +461,27 @@ ngx_http_ratelimit_series_add_locked(ngx_http_ratelimit_zone_t *zone,
 
     if (s) {
         s->current = 1;
-        return s;
-    }
-
-    if (name->len > NGX_HTTP_RATELIMIT_SERIES_NAME) {
-        return NULL;            /* the configuration allows none */
+        return;
     }
 
     for ( ;; ) {
-        s = ngx_slab_calloc_locked(zone->shpool,
-                                   sizeof(ngx_http_ratelimit_series_t));
-        if (s) {
-            break;
+        if (name->len <= NGX_HTTP_RATELIMIT_SERIES_NAME) {
+            s = ngx_slab_calloc_locked(zone->shpool,
+                                       sizeof(ngx_http_ratelimit_series_t));
+            if (s) {
+                break;
+            }
         }
 
-        if (ngx_http_ratelimit_cache_shrink_locked(zone) == 0) {
-            ngx_log_error(NGX_LOG_WARN, log, 0,
-                          "ratelimit: no room in the zone for the metrics "
-                          "of %s \"%V\", not counted: make "
-                          "\"ratelimit_zone\" larger",
-                          kind == NGX_HTTP_RATELIMIT_SERIES_SHARD
-                          ? "shard" : "policy", name);
-            return NULL;
+        if (name->len > NGX_HTTP_RATELIMIT_SERIES_NAME
+            || ngx_http_ratelimit_cache_shrink_locked(zone) == 0)
+        {
+            if (missed->n++ == 0) {
+                missed->kind = kind;
+                missed->name = *name;
+            }
+
+            return;
         }
     }
 
@@ -469,8 +493,6 @@ ngx_http_ratelimit_series_add_locked(ngx_http_ratelimit_zone_t *zone,
     for (pp = &zone->sh->series; *pp; pp = &(*pp)->next) { /* void */ }
 
     *pp = s;
-
-    return s;
 }
 
 

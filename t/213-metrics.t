@@ -430,6 +430,49 @@ subtest 'only GET and HEAD' => sub {
     is $r->{content} // '', '', 'HEAD: no body';
 };
 
+subtest 'a zone too small for every series: those that fit are counted' => sub {
+    my $policies = join '', map {
+        "    ratelimit_policy p$_ \$http_x_user limit=10 window=1m;\n"
+    } 1 .. 400;
+    my $small = RLTest::Nginx->start(workers => 1,
+        http => ratelimit_http(zone => '64k', shards => \@live, body => <<"EOF"));
+$policies
+    server {
+        listen 127.0.0.1:%PORT%;
+        location /first/ { ratelimit p1; empty_gif; }
+        location /last/ { ratelimit p400; empty_gif; }
+        location /metrics { ratelimit_metrics; }
+    }
+EOF
+    like $small->error_log,
+        qr/\[warn\] .*no room in the zone for the metrics of \d+ shards and policies \(the first: policy "p\d+"\), not counted/,
+        'the policies without room are named in one line';
+    is scalar(() = $small->error_log =~ /no room in the zone for the metrics/g),
+        1, 'one line, not one per policy';
+
+    my $u = unique_key('small');
+    is $small->get('/first/x', 'X-User' => $u)->{status}, 200, 'p1 limits';
+    is $small->get('/last/x', 'X-User' => $u)->{status}, 200,
+        'p400 limits, uncounted';
+    my $r = $small->get('/metrics');
+    is $r->{status}, 200, 'the scrape answers';
+    my $m = parse($r->{content});
+    is val($m, 'nginx_ratelimit_requests_total', policy => 'p1',
+           outcome => 'passed'), 1, 'p1 counted';
+    ok !defined val($m, 'nginx_ratelimit_requests_total', policy => 'p400',
+                    outcome => 'passed'), 'p400 has no series';
+    is val($m, 'nginx_ratelimit_allowed_total'), 2,
+        'the zone counts both checks';
+
+    $small->reload;
+    is $small->get('/first/x', 'X-User' => $u)->{status}, 200,
+        'after a reload, p1 limits';
+    is val(parse($small->get('/metrics')->{content}),
+           'nginx_ratelimit_requests_total', policy => 'p1',
+           outcome => 'passed'), 2, 'p1 counted on';
+    is_deeply [ $small->crashes ], [], 'no crash';
+};
+
 is_deeply [ $node->crashes ], [], 'no worker crashed';
 
 done_testing;
