@@ -180,6 +180,7 @@ static u_char *ngx_http_ratelimit_metrics_label(u_char *p, u_char *last,
 
 static ngx_str_t  ngx_http_ratelimit_default_name = ngx_string("default");
 
+/* indexed by NGX_HTTP_RATELIMIT_SERIES_* */
 static char  *ngx_http_ratelimit_kinds[] = { "shard", "policy" };
 
 
