@@ -384,7 +384,8 @@ ngx_http_ratelimit_discovery_init_process(ngx_cycle_t *cycle,
 
     ngx_http_ratelimit_nsources = shards->nelts;
     ngx_http_ratelimit_sources = ngx_pcalloc(cycle->pool,
-                ngx_http_ratelimit_nsources * sizeof(ngx_http_ratelimit_source_t));
+                                       ngx_http_ratelimit_nsources
+                                       * sizeof(ngx_http_ratelimit_source_t));
     if (ngx_http_ratelimit_sources == NULL) {
         return NGX_ERROR;
     }
@@ -1062,7 +1063,7 @@ ngx_http_ratelimit_sentinel_replies(ngx_http_ratelimit_source_t *src)
             {
             case RL_SENTINEL_OK:
                 rc = ngx_http_ratelimit_sentinel_primary(src, &addr,
-                                                  "+switch-master from sentinel");
+                                               "+switch-master from sentinel");
                 why = "a switch to a host name, not supported";
                 break;
 

@@ -1058,8 +1058,8 @@ ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
 
         /* a node that is no primary fails: every waiting command with it */
 
-        why = ngx_http_ratelimit_redis_unfit(
-                     ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue), reply);
+        slot = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
+        why = ngx_http_ratelimit_redis_unfit(slot, reply);
 
         if (why) {
             ngx_log_error(NGX_LOG_ERR, conn->log, 0,
