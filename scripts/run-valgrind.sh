@@ -47,7 +47,7 @@ opts=$(echo $opts)
 # checker's is the run's).
 if [ $# -eq 0 ]; then
     set -- t/100-limit.t t/101-config-errors.t t/102-headers.t \
-           t/103-algorithms.t t/108-metrics-location.t \
+           t/103-algorithms.t t/109-metrics-location.t \
            t/201-shard-failure.t t/202-reload.t t/203-ring-oracle.t \
            t/213-metrics.t t/300-admin.t t/400-fault-soak.t
 fi

@@ -7,6 +7,7 @@
 #include "ngx_http_ratelimit_module.h"
 #include "ngx_http_ratelimit_zone.h"
 #include "ngx_http_ratelimit_redis.h"
+#include "ngx_http_ratelimit_discovery.h"
 #include "ngx_http_ratelimit_rules.h"
 #include "ngx_http_ratelimit_handler.h"
 #include "ngx_http_ratelimit_batch.h"
@@ -114,6 +115,13 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
     { ngx_string("ratelimit_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
       ngx_http_ratelimit_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_redis_sentinel"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_ratelimit_redis_sentinel,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -572,11 +580,11 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_ratelimit_main_conf_t *rmcf = conf;
 
-    ngx_int_t                         weight;
-    ngx_str_t                        *value, s;
+    ngx_int_t                         rc;
+    ngx_str_t                        *value;
     ngx_url_t                         u;
     ngx_uint_t                        i;
-    ngx_http_ratelimit_shard_conf_t  *shard, *other;
+    ngx_http_ratelimit_shard_conf_t  *shard;
 
     value = cf->args->elts;
 
@@ -584,6 +592,10 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u.url = value[1];
     u.default_port = 6379;
+
+    /* a host name is resolved once the http block says whether by resolver */
+
+    u.no_resolve = 1;
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         if (u.err) {
@@ -597,7 +609,7 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (u.naddrs == 0 || u.uri.len || u.family == AF_UNIX) {
+    if (u.host.len == 0 || u.uri.len || u.family == AF_UNIX) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid shard address \"%V\", "
                            "expected \"host:port\"", &u.url);
@@ -628,61 +640,101 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    shard->addr = u.addrs[0];
-    shard->addr.name = shard->name;
-    shard->weight = 1;
+    if (u.naddrs) {
+        shard->addr = u.addrs[0];
+        shard->addr.name = shard->name;
 
-    for (i = 2; i < cf->args->nelts; i++) {
-
-        if (ngx_strncmp(value[i].data, "weight=", 7) == 0) {
-            s.data = value[i].data + 7;
-            s.len = value[i].len - 7;
-
-            weight = ngx_atoi(s.data, s.len);
-
-            if (weight == NGX_ERROR || weight < 1 || weight > 1000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid weight \"%V\", "
-                                   "must be 1 to 1000", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            shard->weight = weight;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "password=", 9) == 0) {
-            shard->password.data = value[i].data + 9;
-            shard->password.len = value[i].len - 9;
-
-            if (shard->password.len == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "empty password in \"%V\"", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
+    } else if (ngx_http_ratelimit_discovery_host(cf, shard, &u) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    other = rmcf->shards.elts;
+    shard->weight = 1;
 
-    for (i = 0; i < rmcf->shards.nelts - 1; i++) {
-        if (other[i].name.len == shard->name.len
-            && ngx_strncmp(other[i].name.data, shard->name.data,
-                           shard->name.len) == 0)
-        {
+    for (i = 2; i < cf->args->nelts; i++) {
+        rc = ngx_http_ratelimit_shard_param(cf, shard, &value[i]);
+
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (rc == NGX_DECLINED) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "duplicate shard \"%V\"", &shard->name);
+                               "invalid parameter \"%V\"", &value[i]);
             return NGX_CONF_ERROR;
         }
     }
 
+    if (ngx_http_ratelimit_shard_unique(cf, rmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
+    ngx_http_ratelimit_shard_conf_t *shard, ngx_str_t *value)
+{
+    ngx_int_t  weight;
+    ngx_str_t  s;
+
+    if (ngx_strncmp(value->data, "weight=", 7) == 0) {
+        s.data = value->data + 7;
+        s.len = value->len - 7;
+
+        weight = ngx_atoi(s.data, s.len);
+
+        if (weight == NGX_ERROR || weight < 1 || weight > 1000) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid weight \"%V\", "
+                               "must be 1 to 1000", value);
+            return NGX_ERROR;
+        }
+
+        shard->weight = weight;
+        return NGX_OK;
+    }
+
+    if (ngx_strncmp(value->data, "password=", 9) == 0) {
+        shard->password.data = value->data + 9;
+        shard->password.len = value->len - 9;
+
+        if (shard->password.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty password in \"%V\"", value);
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_shard_unique(ngx_conf_t *cf,
+    ngx_http_ratelimit_main_conf_t *rmcf)
+{
+    ngx_uint_t                        i;
+    ngx_http_ratelimit_shard_conf_t  *shard, *last;
+
+    shard = rmcf->shards.elts;
+    last = &shard[rmcf->shards.nelts - 1];
+
+    for (i = 0; i < rmcf->shards.nelts - 1; i++) {
+        if (shard[i].name.len == last->name.len
+            && ngx_strncmp(shard[i].name.data, last->name.data,
+                           last->name.len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate shard \"%V\"", &last->name);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -1503,6 +1555,10 @@ ngx_http_ratelimit_init(ngx_conf_t *cf)
 
     rmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module);
 
+    if (ngx_http_ratelimit_discovery_init_conf(cf, rmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (rmcf->needs_zone && rmcf->shm_zone == NULL) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"ratelimit_stats\", \"ratelimit_metrics\" and "
@@ -1610,6 +1666,12 @@ ngx_http_ratelimit_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_ratelimit_discovery_init_process(cycle, &rmcf->shards)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     /* nodes that limit learn of rule changes made elsewhere */
 
     if (rmcf->used) {
@@ -1626,6 +1688,7 @@ ngx_http_ratelimit_exit_process(ngx_cycle_t *cycle)
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
     ngx_http_ratelimit_rules_exit_process(cycle);
+    ngx_http_ratelimit_discovery_exit_process(cycle);
     ngx_http_ratelimit_redis_exit_process(cycle);
     ngx_http_ratelimit_batch_exit_process();
 

@@ -10,6 +10,8 @@
  *   ngx_http_ratelimit_metrics.h  counters per shard and policy, the
  *                                 Prometheus location
  *   ngx_http_ratelimit_redis.h    each worker's connections to the shards
+ *   ngx_http_ratelimit_discovery.h  where each shard is now: resolver,
+ *                                 Sentinel
  *   ngx_http_ratelimit_rules.h    per-customer rules kept in Redis
  *   ngx_http_ratelimit_rules_store.h  one rule's change on every shard,
  *                                 its read from a live shard
@@ -34,6 +36,8 @@ typedef struct ngx_http_ratelimit_zone_s  ngx_http_ratelimit_zone_t;
 typedef struct ngx_http_ratelimit_ring_s  ngx_http_ratelimit_ring_t;
 typedef struct ngx_http_ratelimit_conn_s  ngx_http_ratelimit_conn_t;
 typedef struct ngx_http_ratelimit_slot_s  ngx_http_ratelimit_slot_t;
+typedef struct ngx_http_ratelimit_discovery_s
+    ngx_http_ratelimit_discovery_t;
 
 
 #define NGX_HTTP_RATELIMIT_FAIL_OPEN        0
@@ -100,12 +104,13 @@ typedef struct {
 #define NGX_HTTP_RATELIMIT_MAX_POLICIES     16
 
 
-/* one "ratelimit_redis" line */
+/* one "ratelimit_redis" or "ratelimit_redis_sentinel" line */
 typedef struct {
     ngx_str_t                       name;       /* "host:port", ring name */
     ngx_addr_t                      addr;
     ngx_uint_t                      weight;
     ngx_str_t                       password;
+    ngx_http_ratelimit_discovery_t *discovery;  /* NULL: addr, fixed */
 } ngx_http_ratelimit_shard_conf_t;
 
 
@@ -119,6 +124,17 @@ typedef struct {
     ngx_flag_t                      needs_shards; /* admin */
     ngx_array_t                     policies;   /* policy_t, named */
 } ngx_http_ratelimit_main_conf_t;
+
+
+/*
+ * A shard line's parameter, "weight=" or "password=": NGX_DECLINED when it
+ * is neither, NGX_ERROR (logged) when its value is bad.  unique(): the
+ * shard added last has a name of its own.
+ */
+ngx_int_t ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
+    ngx_http_ratelimit_shard_conf_t *shard, ngx_str_t *value);
+ngx_int_t ngx_http_ratelimit_shard_unique(ngx_conf_t *cf,
+    ngx_http_ratelimit_main_conf_t *rmcf);
 
 
 /* a named policy of the http block, or NULL */

@@ -18,6 +18,8 @@
 
 
 #include "ngx_http_ratelimit_redis.h"
+#include "ngx_http_ratelimit_discovery.h"
+#include "rl_sentinel.h"
 
 
 #define NGX_HTTP_RATELIMIT_DISCONNECTED  0
@@ -118,6 +120,7 @@ struct ngx_http_ratelimit_conn_s {
 static ngx_int_t ngx_http_ratelimit_redis_connect(
     ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_close(ngx_http_ratelimit_conn_t *conn);
+static void ngx_http_ratelimit_redis_settle(ngx_http_ratelimit_conn_t *conn);
 static ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_queue(
     ngx_http_ratelimit_conn_t *conn, int argc, const char **argv,
     const size_t *argvlen, ngx_http_ratelimit_reply_pt handler, void *data);
@@ -130,6 +133,9 @@ static void ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_http_ratelimit_redis_replies(
     ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply);
+static void ngx_http_ratelimit_redis_role_done(void *data, redisReply *reply);
+static const char *ngx_http_ratelimit_redis_unfit(
+    ngx_http_ratelimit_slot_t *slot, redisReply *reply);
 
 static ngx_int_t ngx_http_ratelimit_reply_charge(const redisReadTask *task,
     size_t bytes);
@@ -451,11 +457,6 @@ void
 ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
     const char *reason)
 {
-    ngx_queue_t                 failed, *q;
-    ngx_http_ratelimit_slot_t  *slot;
-    ngx_http_ratelimit_reply_pt handler;
-    void                       *data;
-
     if (conn == NULL) {
         return;
     }
@@ -468,6 +469,62 @@ ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
     ngx_http_ratelimit_redis_event(conn->index,
                                    NGX_HTTP_RATELIMIT_REDIS_FAILED, reason,
                                    conn->log);
+
+    /* the node may be gone for good: where is the shard now? */
+
+    ngx_http_ratelimit_discovery_failed(conn->index);
+
+    ngx_http_ratelimit_redis_settle(conn);
+}
+
+
+/*
+ * The shard moved (ngx_http_ratelimit_discovery.c): nothing more goes to the
+ * old node.  The commands waiting on it take their fail path, as on a
+ * failure, but the shard is not marked down for it; a PING on the new
+ * connection marks a shard that was down up again as soon as it answers.
+ */
+
+void
+ngx_http_ratelimit_redis_moved(ngx_http_ratelimit_conn_t *conn)
+{
+    size_t       argvlen[1];
+    const char  *argv[1];
+
+    if (conn == NULL) {
+        return;
+    }
+
+    ngx_http_ratelimit_redis_settle(conn);
+
+    if (conn->state != NGX_HTTP_RATELIMIT_DISCONNECTED
+        || ngx_http_ratelimit_redis_connect(conn) != NGX_OK)
+    {
+        return;
+    }
+
+    argv[0] = "PING";
+    argvlen[0] = 4;
+
+    if (ngx_http_ratelimit_redis_queue(conn, 1, argv, argvlen, NULL, NULL)
+        != NULL
+        && conn->state == NGX_HTTP_RATELIMIT_CONNECTED
+        && !conn->flush.posted)
+    {
+        ngx_post_event(&conn->flush, &ngx_posted_events);
+    }
+}
+
+
+/* closes the connection and settles every waiting command with NULL */
+
+static void
+ngx_http_ratelimit_redis_settle(ngx_http_ratelimit_conn_t *conn)
+{
+    ngx_queue_t                 failed, *q;
+    ngx_http_ratelimit_slot_t  *slot;
+    ngx_http_ratelimit_reply_pt handler;
+    void                       *data;
 
     ngx_http_ratelimit_redis_close(conn);
 
@@ -505,14 +562,28 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
 {
     int                tcp_nodelay;
     ngx_int_t          rc;
+    ngx_addr_t        *addr;
     const char        *argv[2];
     size_t             argvlen[2];
     ngx_connection_t  *c;
 
+    /*
+     * Where the shard is now.  Not known yet (the first answer of the
+     * resolver or of Sentinel is awaited): the caller takes its fail path,
+     * and the connection is made when the answer comes.
+     */
+
+    addr = ngx_http_ratelimit_discovery_addr(conn->shard, conn->index);
+
+    if (addr == NULL) {
+        ngx_http_ratelimit_redis_refuse(conn, "address not known yet");
+        return NGX_ERROR;
+    }
+
     ngx_memzero(&conn->peer, sizeof(ngx_peer_connection_t));
 
-    conn->peer.sockaddr = conn->shard->addr.sockaddr;
-    conn->peer.socklen = conn->shard->addr.socklen;
+    conn->peer.sockaddr = addr->sockaddr;
+    conn->peer.socklen = addr->socklen;
     conn->peer.name = &conn->shard->name;
     conn->peer.get = ngx_event_get_peer;
     conn->peer.log = conn->log;
@@ -586,6 +657,22 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
 
         if (ngx_http_ratelimit_redis_queue(conn, 2, argv, argvlen,
                                            ngx_http_ratelimit_redis_auth_done,
+                                           conn)
+            == NULL)
+        {
+            ngx_http_ratelimit_redis_close(conn);
+            return NGX_ERROR;
+        }
+    }
+
+    /* Sentinel's answer may be stale: a demoted primary must not be used */
+
+    if (ngx_http_ratelimit_discovery_verify(conn->shard)) {
+        argv[0] = "ROLE";
+        argvlen[0] = 4;
+
+        if (ngx_http_ratelimit_redis_queue(conn, 1, argv, argvlen,
+                                           ngx_http_ratelimit_redis_role_done,
                                            conn)
             == NULL)
         {
@@ -927,6 +1014,7 @@ static ngx_int_t
 ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
 {
     void                        *data;
+    const char                  *why;
     ngx_uint_t                   generation;
     ngx_queue_t                 *q;
     redisReply                  *reply;
@@ -967,6 +1055,19 @@ ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
         }
 
         q = ngx_queue_head(&conn->waiting);
+
+        /* a node that is no primary fails: every waiting command with it */
+
+        slot = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
+        why = ngx_http_ratelimit_redis_unfit(slot, reply);
+
+        if (why) {
+            ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                          "ratelimit: shard %V: %s", &conn->shard->name, why);
+            freeReplyObject(reply);
+            ngx_http_ratelimit_redis_fail(conn, why);
+            return NGX_DONE;
+        }
         ngx_queue_remove(q);
         conn->nwaiting--;
 
@@ -1009,6 +1110,41 @@ ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply)
                   &conn->shard->name, reply->str);
 
     ngx_http_ratelimit_redis_fail(conn, "AUTH failed");
+}
+
+
+/* ROLE said "master": ngx_http_ratelimit_redis_unfit() judged the rest */
+
+static void
+ngx_http_ratelimit_redis_role_done(void *data, redisReply *reply)
+{
+}
+
+
+/*
+ * Why the node that sent this reply must not be used as the shard, or NULL:
+ * it refuses writes as a replica does ("-READONLY", a primary demoted
+ * behind a name that still points at it), or it answered ROLE with anything
+ * but "master".  Judged before the reply counts as the shard answering.
+ */
+
+static const char *
+ngx_http_ratelimit_redis_unfit(ngx_http_ratelimit_slot_t *slot,
+    redisReply *reply)
+{
+    if (reply->type == REDIS_REPLY_ERROR && reply->len >= 8
+        && ngx_strncmp(reply->str, "READONLY", 8) == 0)
+    {
+        return "the node is a replica (READONLY)";
+    }
+
+    if (slot->handler == ngx_http_ratelimit_redis_role_done
+        && !rl_sentinel_is_primary(reply))
+    {
+        return "the node is not a primary (ROLE)";
+    }
+
+    return NULL;
 }
 
 

@@ -70,6 +70,8 @@ ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_send(
 ngx_int_t ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot);
 void ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
     const char *reason);
+/* the shard's address changed: leave the old node, connect to the new */
+void ngx_http_ratelimit_redis_moved(ngx_http_ratelimit_conn_t *conn);
 ngx_uint_t ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,
     ngx_msec_t timeout);
 ngx_str_t *ngx_http_ratelimit_redis_name(ngx_http_ratelimit_conn_t *conn);

@@ -30,18 +30,21 @@ sub free_port {
 }
 
 sub port_open {
-    my ($port) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+    my ($port, $host) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => $host || '127.0.0.1',
+                                  PeerPort => $port,
                                   Proto => 'tcp', Timeout => 1);
     return 0 unless $s;
     close $s;
     return 1;
 }
 
-# RLTest::Redis->start(port => N, args => [...]): port defaults to a free one.
+# RLTest::Redis->start(port => N, args => [...], host => '127.0.0.2'): port
+# defaults to a free one, host (the loopback address it binds) to 127.0.0.1.
 sub start {
     my ($class, %opt) = @_;
     my $self = bless { port => $opt{port} || free_port(),
+                       host => $opt{host} || '127.0.0.1',
                        args => $opt{args} || [] }, $class;
     $self->{dir} = tempdir('rltest-redis-XXXXXX', TMPDIR => 1, CLEANUP => 1);
     $self->_spawn;
@@ -56,7 +59,7 @@ sub _spawn {
     if ($pid == 0) {
         open STDOUT, '>', "$self->{dir}/redis.log";
         open STDERR, '>&', \*STDOUT;
-        exec 'redis-server', '--port', $self->{port}, '--bind', '127.0.0.1',
+        exec 'redis-server', '--port', $self->{port}, '--bind', $self->{host},
              '--save', '', '--appendonly', 'no', '--dir', $self->{dir},
              '--daemonize', 'no', @{ $self->{args} }
             or POSIX::_exit(127);
@@ -76,7 +79,7 @@ sub pid  { $_[0]{pid} }
 # Runs redis-cli against this server; returns its output without the newline.
 sub cli {
     my ($self, @args) = @_;
-    open my $fh, '-|', 'redis-cli', '-h', '127.0.0.1', '-p', $self->{port},
+    open my $fh, '-|', 'redis-cli', '-h', $self->{host}, '-p', $self->{port},
         '--no-raw', @args or die "redis-cli: $!";
     local $/;
     my $out = <$fh>;
@@ -88,7 +91,7 @@ sub cli {
 
 sub ping {
     my ($self) = @_;
-    return port_open($self->{port}) && $self->cli('PING') eq 'PONG';
+    return port_open($self->{port}, $self->{host}) && $self->cli('PING') eq 'PONG';
 }
 
 sub stop {
