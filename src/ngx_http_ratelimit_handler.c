@@ -589,9 +589,10 @@ ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
 
 /*
  * The shard read the customer's rules for this check and says what applied
- * (limit 0: no rule): cached for the customer and policy, and in force for
- * the check, whose key and limit id follow (the trail records the limit it
- * was really checked against).
+ * (limit 0: no rule): cached for the customer and policy (until the rule
+ * in force expires, if it does), and in force for the check, whose key and
+ * limit id follow (the trail records the limit it was really checked
+ * against).
  */
 
 static void
@@ -606,9 +607,12 @@ ngx_http_ratelimit_learn_rule(ngx_http_ratelimit_check_t *check,
     rule.limit = result->rule_limit;
     rule.window = result->rule_window;
     rule.algorithm = (int) result->rule_algorithm;
+    rule.expires = 0;
 
     ngx_http_ratelimit_rule_cache_put(ctx->zone, check->field,
-                                      check->field_len, &rule, ctx->epoch);
+                                      check->field_len, &rule,
+                                      (ngx_msec_t) result->rule_ttl_ms,
+                                      ctx->epoch);
 
     check->read_rule = 0;
 
