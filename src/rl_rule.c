@@ -385,35 +385,8 @@ rl_rule_decode(const char *s, size_t len, rl_rule_t *rule)
 size_t
 rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
 {
-    int          ok;
-    char         when[32];
-    size_t       when_len;
-    yajl_gen     g;
-    const char  *name;
-
-    when_len = 0;
-
-    if (rule->expires_at) {
-        when_len = rl_rule_format_time(rule->expires_at, when, sizeof(when));
-        if (when_len == 0) {
-            return 0;
-        }
-    }
-
-    if (rule->customer_id_len > RL_RULE_MAX_CUSTOMER_ID
-        || rule->policy_len > RL_RULE_MAX_POLICY)
-    {
-        return 0;
-    }
-
-    name = NULL;
-
-    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
-        name = rl_rule_algorithm_name(rule->algorithm);
-        if (name == NULL) {
-            return 0;
-        }
-    }
+    int       ok;
+    yajl_gen  g;
 
     g = yajl_gen_alloc(NULL);
     if (g == NULL) {
@@ -422,6 +395,44 @@ rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
 
     /* an answer that is not UTF-8 is no JSON: better none */
     yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+
+    ok = (rl_rule_gen(g, rule) == 0);
+
+    return rl_rule_gen_done(g, ok, buf, size);
+}
+
+
+int
+rl_rule_gen(yajl_gen g, const rl_rule_t *rule)
+{
+    int          ok;
+    char         when[32];
+    size_t       when_len;
+    const char  *name;
+
+    when_len = 0;
+
+    if (rule->expires_at) {
+        when_len = rl_rule_format_time(rule->expires_at, when, sizeof(when));
+        if (when_len == 0) {
+            return -1;
+        }
+    }
+
+    if (rule->customer_id_len > RL_RULE_MAX_CUSTOMER_ID
+        || rule->policy_len > RL_RULE_MAX_POLICY)
+    {
+        return -1;
+    }
+
+    name = NULL;
+
+    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
+        name = rl_rule_algorithm_name(rule->algorithm);
+        if (name == NULL) {
+            return -1;
+        }
+    }
 
     ok = yajl_gen_map_open(g) == yajl_gen_status_ok
          && yajl_gen_string(g, (const unsigned char *) "customer_id", 11)
@@ -461,7 +472,7 @@ rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
 
     ok = ok && yajl_gen_map_close(g) == yajl_gen_status_ok;
 
-    return rl_rule_gen_done(g, ok, buf, size);
+    return ok ? 0 : -1;
 }
 
 

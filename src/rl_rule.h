@@ -13,6 +13,8 @@
 
 #include <stddef.h>
 
+#include <yajl/yajl_gen.h>
+
 
 #define RL_RULE_MAX_CUSTOMER_ID   256
 #define RL_RULE_MAX_POLICY        64       /* a policy's name */
@@ -155,6 +157,9 @@ int rl_rule_decode(const char *s, size_t len, rl_rule_t *rule);
  * if size too small (or customer_id or policy is not valid UTF-8).
  */
 size_t rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size);
+
+/* the same object into a generator (of a list): 0, or -1 */
+int rl_rule_gen(yajl_gen g, const rl_rule_t *rule);
 
 /*
  * {"error":"<message>","field":"limit"} (or "field":null) + "\n",
