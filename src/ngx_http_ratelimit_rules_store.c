@@ -291,23 +291,25 @@ ngx_http_ratelimit_rules_store_shard(ngx_http_ratelimit_zone_t *zone,
 void
 ngx_http_ratelimit_rules_store_touch(ngx_http_ratelimit_zone_t *zone)
 {
-    const char                 *argv[2];
-    size_t                      argvlen[2];
-    ngx_uint_t                  i;
-    ngx_http_ratelimit_slot_t  *slot;
+    const char  *argv[2];
+    size_t       argvlen[2];
+    ngx_uint_t   i;
 
     argv[0] = "INCR";
     argvlen[0] = 4;
     argv[1] = NGX_HTTP_RATELIMIT_RULES_VERSION;
     argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
 
+    /*
+     * Not detached: a command not written yet would be taken back.  The
+     * answer finds no operation; a shard that misses the move is brought
+     * to the highest version by the poll's sync.
+     */
+
     for (i = 0; i < zone->ring->nshards; i++) {
-        slot = ngx_http_ratelimit_redis_send(
+        (void) ngx_http_ratelimit_redis_send(
                    ngx_http_ratelimit_redis_conn(i), 2, argv, argvlen,
                    ngx_http_ratelimit_rules_store_answered, NULL);
-        if (slot) {
-            ngx_http_ratelimit_redis_detach(slot);
-        }
     }
 
     ngx_http_ratelimit_cache_invalidate(zone);
