@@ -6,10 +6,13 @@
 -- for the policy, read to replace limit, window and algorithm, or '' when
 -- the caller knows the rule.  Returns a flat array: for each check
 -- {allowed, remaining, retry_ms, reset_ms, t_ms, rule_limit, rule_window,
--- rule_algorithm}, then now_ms; allowed is -1 for a check whose group was
--- past its deadline, -2 for one whose group must be sent again under the
--- algorithm of a rule read (the key's name says the algorithm); the rule
--- is -1, -1, -1 when not read, 0, 0, 0 when read and there is none.
+-- rule_algorithm, rule_ttl_ms}, then now_ms; allowed is -1 for a check
+-- whose group was past its deadline, -2 for one whose group must be sent
+-- again under the algorithm of a rule read (the key's name says the
+-- algorithm); the rule is -1, -1, -1 when not read, 0, 0, 0 when read and
+-- there is none; rule_ttl_ms -1 when not read, else the ms until the rule
+-- read expires (0: it does not), after which another rule or none applies.
+-- An expired rule (its expiry at or before the server's TIME) is no rule.
 --
 -- A group (adjacent checks with the same group argument) is all or
 -- nothing: it takes its checks' costs only if every enforced check of it
@@ -57,7 +60,7 @@ if #ARGV ~= 9 * n then
     return redis.error_reply('ERR ratelimit: need 9 arguments per key')
 end
 
--- now: the server's clock in whole ms; out: the reply, 8 numbers per check
+-- now: the server's clock in whole ms; out: the reply, 9 numbers per check
 -- (set below; the functions put each check's first five there).
 local now, out
 local spack, sunpack, format = struct.pack, struct.unpack, string.format
@@ -95,7 +98,7 @@ local function tb_first(u, K, L, W, LW)
     return x
 end
 
--- Decides check o / 8 + 1 (cost c) against the value v of its key and
+-- Decides check o / 9 + 1 (cost c) against the value v of its key and
 -- puts its first five numbers in out[o+1 .. o+5].  Returns the value to write
 -- and its TTL (false: keep the key's) when it allows and takes something,
 -- else nothing.
@@ -428,14 +431,14 @@ local us = t[2] + 0
 now = t[1] * 1000 + (us - us % 1000) / 1000
 
 -- The reply, at its full size at once (ARGV has 9 values per check), up
--- to what unpack can put on Lua's stack (8000 values): past 874 checks it
+-- to what unpack can put on Lua's stack (8000 values): past 888 checks it
 -- grows once.
 if n == 1 then
     out = {0, 0, 0, 0, 0, 0, 0, 0, 0}
-elseif n <= 874 then
-    out = {unpack(ARGV, 1, 8 * n + 1)}
+elseif n <= 888 then
+    out = {unpack(ARGV, 1, 9 * n)}
 else
-    out = {unpack(ARGV, 1, 6993)}
+    out = {unpack(ARGV, 1, 7992)}
 end
 
 -- Which checks run.  The deadline of a group is in ms of this server's
@@ -534,7 +537,7 @@ local rules, read_rule
 -- " 5" or "" are caller bugs, and guessing what they meant could silently
 -- give a wrong decision.  The round i = n + 1 only ends the last group.
 for i = 1, n + 1 do
-    local a, o = 9 * i - 9, 8 * i - 8
+    local a, o = 9 * i - 9, 9 * i - 9
     local s = ARGV[a + 1]               -- nil after the last check
     if s ~= group then
         -- The group before ends here.  If it must be sent again, nothing
@@ -550,7 +553,7 @@ for i = 1, n + 1 do
             np = gp
             if not resend then
                 for ci = g1, i - 1 do
-                    local co = 8 * ci - 8
+                    local co = 9 * ci - 9
                     if out[co + 1] == 1 then
                         local ca = 9 * ci - 9
                         local k = KEYS[ci]
@@ -575,7 +578,7 @@ for i = 1, n + 1 do
         end
         if resend then
             for ci = g1, i - 1 do
-                local co = 8 * ci - 8
+                local co = 9 * ci - 9
                 out[co + 1], out[co + 2], out[co + 3], out[co + 4],
                     out[co + 5] = -2, 0, 0, 0, 0
             end
@@ -673,22 +676,25 @@ for i = 1, n + 1 do
             return redis.error_reply('ERR ratelimit: bad rule field (check '
                                      .. i .. ')')
         end
-        out[o + 6], out[o + 7], out[o + 8] = -1, -1, -1
+        out[o + 6], out[o + 7], out[o + 8], out[o + 9] = -1, -1, -1, -1
     elseif late then
-        out[o + 6], out[o + 7], out[o + 8] = -1, -1, -1
+        out[o + 6], out[o + 7], out[o + 8], out[o + 9] = -1, -1, -1, -1
     else
         local pf = ARGV[a + 9]
         if not rules then
             rules = {}
             -- A stored value as ngx_http_ratelimit_rule_parse() reads it:
-            -- "<stamp> <limit> <window> <algorithm>", "~" before the limit
-            -- when a write was undone back to it, the numbers within the
-            -- bounds of a rule; anything else ("-": deleted, garbled, out
-            -- of bounds, none) is no rule.  The policy's rule if it is
-            -- one, else the customer's, else none.
+            -- "<stamp> <limit> <window> <algorithm> [<expires>]", "~"
+            -- before the limit when a write was undone back to it, the
+            -- numbers within the bounds of a rule, the expiry in epoch
+            -- seconds up to 9999-12-31T23:59:59Z (RL_RULE_MAX_EXPIRES);
+            -- anything else ("-": deleted, garbled, out of bounds, none)
+            -- and a rule expired by now is no rule.  The policy's rule if
+            -- it is one, else the customer's, else none; the answer holds
+            -- until the rule in force expires, or for good (ttl 0).
             local match, sub = string.match, string.sub
             local algs = {['-'] = 0, token_bucket = 1, sliding_window = 2}
-            local none = {0, 0, 0, 0}
+            local none = {0, 0, 0, 0, 0}
             read_rule = function(field, pfield)
                 local v, pv
                 if pfield == '' then
@@ -700,9 +706,17 @@ for i = 1, n + 1 do
                 end
                 if not pv then pv, v = v, false end
                 while pv do
-                    local st, l, w, name = match(pv,
-                        '^(%d+) ~?([1-9]%d*) ([1-9]%d*) (.*)$')
+                    local st, l, w, name, tail = match(pv,
+                        '^(%d+) ~?([1-9]%d*) ([1-9]%d*) ([^ ]*)(.*)$')
                     local A = st and algs[name]
+                    local ttl = 0
+                    if A and tail ~= '' then
+                        local ex = match(tail, '^ ([1-9]%d*)$')
+                        if ex and #ex <= 12 and ex + 0 <= 253402300799 then
+                            ttl = ex * 1000 - now
+                        end
+                        if ttl <= 0 then A = nil end
+                    end
                     if A then
                         l, w = l + 0, w + 0
                         local ok = l <= RL_MAX_LIMIT
@@ -720,7 +734,7 @@ for i = 1, n + 1 do
                                      and sub(st, 11) + 0 <= 3709551609
                             end
                         end
-                        if ok then return {l, w, A, w * 1000} end
+                        if ok then return {l, w, A, w * 1000, ttl} end
                     end
                     pv, v = v, false
                 end
@@ -738,7 +752,8 @@ for i = 1, n + 1 do
             byf[pf] = ru
         end
         local A = ru[3]
-        out[o + 6], out[o + 7], out[o + 8] = ru[1], ru[2], A
+        out[o + 6], out[o + 7], out[o + 8], out[o + 9] = ru[1], ru[2], A,
+            ru[5]
         if ru[1] > 0 then L, W = ru[1], ru[4] end
         if A == 1 and alg ~= 'tb' or A == 2 and alg ~= 'sw' then
             resend = true
@@ -784,5 +799,5 @@ for j = 1, np, 4 do
 end
 
 -- Every answer ends with now: the edge node learns this server's clock.
-out[8 * n + 1] = now
+out[9 * n + 1] = now
 return out

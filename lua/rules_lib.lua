@@ -12,7 +12,9 @@
 --
 -- Each shard keeps a digest of its rules beside them (an XOR of one hash per
 -- entry, so it is updated per write and does not depend on order): shards
--- whose versions are equal but whose rules differ show it to the poll.
+-- whose versions are equal but whose rules differ show it to the poll.  And
+-- an index, the sorted set rl:rules:index of every field (score 0), which
+-- lists them in byte order a page at a time (rules_list.lua).
 
 local RL_DIGEST = KEYS[1] .. ':digest'
 local RL_ZERO = string.rep('0', 32)
@@ -80,7 +82,8 @@ local function rl_digest()
     return digest
 end
 
--- replaces an entry ("old" as stored now, or nil), keeping the digest
+-- replaces an entry ("old" as stored now, or nil), keeping the digest and
+-- the index (a field stays in the hash for good: deleted, it holds "-")
 local function rl_store(id, old, value)
     local digest = rl_digest()
     if old then
@@ -88,5 +91,8 @@ local function rl_store(id, old, value)
     end
     redis.call('HSET', KEYS[1], id, value)
     redis.call('SET', RL_DIGEST, rl_hash(digest, id, value))
+    if not old then
+        redis.call('ZADD', KEYS[1] .. ':index', 0, id)
+    end
 end
 

@@ -88,6 +88,8 @@ the 11th request of a minute gets 429 with Retry-After.  Give alice more:
          -H 'Content-Type: application/json' \\
          -d '{"customer_id": "alice", "limit": 100, "window": 60}'
 
+The admin token is in build/demo/conf/admin.token (README, "The admin
+endpoint", has every call).
 Counters: curl http://127.0.0.1:8080/ratelimit/stats    Ctrl-C stops it.
 
 MSG

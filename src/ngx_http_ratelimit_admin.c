@@ -5,9 +5,14 @@
  *
  *   PUT    <location>        {"customer_id": "acme", "limit": 10000,
  *                             "window": 60, "algorithm": "token_bucket",
- *                             "policy": "burst"}
+ *                             "policy": "burst",
+ *                             "expires_at": "2026-12-01T00:00:00Z"}
+ *   GET    <location>[?limit=<n>&cursor=<from the page before>]
  *   GET    <location>/<customer id>[?policy=<name>]
  *   DELETE <location>/<customer id>[?policy=<name>]
+ *   GET    <location>/usage?policy=<name>&key=<value>[&source=<name>]
+ *                             [&customer=<id>]
+ *   DELETE <location>/usage?policy=<name>&key=<value>[&source=<name>]
  *
  * Without a policy the rule is the customer's for every policy; with one,
  * for that "ratelimit_policy" alone, which must be declared in this nginx's
@@ -24,12 +29,26 @@
  * The customer id of GET and DELETE is the rest of the URI as the client
  * sent it, percent-decoded, not nginx's normalised $uri: "a//b", "./a" and
  * "a/../b" name the customers of those ids, like the ids PUT stores.
+ * "/usage" as sent is the usage of a caller; the rule of a customer whose
+ * id is "usage" is reached as "/%75sage".
+ *
+ * The list comes from the first live shard, a page at a time in the byte
+ * order of the rules' fields (lua/rules_list.lua); the cursor is the last
+ * field of the page before, in hex.  The usage of a caller is read from
+ * its key's shard by the check script itself at cost 0 (so it is exactly
+ * what a request would be told, and takes nothing); its reset deletes the
+ * caller's counts of both algorithms, and moves the rules version so that
+ * every edge node drops the denials it cached.
  */
 
 
 #include "ngx_http_ratelimit_admin.h"
 #include "ngx_http_ratelimit_rules_store.h"
+#include "ngx_http_ratelimit_handler.h"
+#include "ngx_http_ratelimit_batch.h"
 #include "rl_rule.h"
+#include "rl_reply.h"
+#include "ngx_http_ratelimit_scripts.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -44,10 +63,29 @@
 /* how much of an unknown query argument's name an answer quotes */
 #define NGX_HTTP_RATELIMIT_ADMIN_ARG_QUOTED  40
 
+/* a page of the rules list */
+#define NGX_HTTP_RATELIMIT_ADMIN_PAGE        100
+#define NGX_HTTP_RATELIMIT_ADMIN_MAX_PAGE    1000
+
+/* the longest caller key the usage takes (a header's value, typically) */
+#define NGX_HTTP_RATELIMIT_ADMIN_MAX_KEY     4096
+
 
 /* turns how the store's operation ended into the answer, sent */
 typedef ngx_int_t (*ngx_http_ratelimit_admin_answer_pt)(ngx_http_request_t *r,
     ngx_int_t outcome, rl_limit_t *rule);
+
+
+/* the same for a command of the endpoint's own: the shard's reply */
+typedef ngx_int_t (*ngx_http_ratelimit_admin_reply_pt)(ngx_http_request_t *r,
+    ngx_int_t outcome, redisReply *reply);
+
+
+/* a query argument the request may give: value.data NULL when not given */
+typedef struct {
+    const char                          *name;
+    ngx_str_t                            value;
+} ngx_http_ratelimit_admin_arg_t;
 
 
 typedef struct {
@@ -55,13 +93,57 @@ typedef struct {
     rl_rule_t                            rule;      /* the id; PUT: the rule */
     ngx_http_ratelimit_rules_op_t       *op;        /* the store's, if any */
     ngx_http_ratelimit_admin_answer_pt   answer;
+    ngx_http_ratelimit_admin_reply_pt    reply_answer;
+
+    /* the usage of a caller */
+    ngx_http_ratelimit_policy_t         *policy;
+    ngx_str_t                           *source;    /* a key's name */
+    ngx_str_t                            key;       /* the caller's value */
+    ngx_str_t                            customer;
+    ngx_str_t                            redis_key;
+    ngx_str_t                           *shard_name;
+    ngx_uint_t                           shard;
+    ngx_str_t                            sw_key;    /* reset: the other */
+    ngx_str_t                           *sw_shard_name;
+    ngx_uint_t                           sw_shard;
+    long long                            deleted;
+    rl_check_result_t                    read;      /* the rule read */
+    unsigned                             resent:1;  /* reset: second key */
+    unsigned                             waiting:1;
 } ngx_http_ratelimit_admin_ctx_t;
 
 
 static ngx_int_t ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
     ngx_http_ratelimit_loc_conf_t *rlcf);
 static ngx_int_t ngx_http_ratelimit_admin_path(ngx_http_request_t *r,
-    ngx_str_t *base, ngx_str_t *path);
+    ngx_str_t *base, ngx_str_t *path, ngx_uint_t *usage);
+static ngx_int_t ngx_http_ratelimit_admin_list(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_admin_listed(ngx_http_request_t *r,
+    ngx_int_t outcome, redisReply *reply);
+static ngx_int_t ngx_http_ratelimit_admin_list_rule(yajl_gen g,
+    redisReply *field, redisReply *value);
+static ngx_int_t ngx_http_ratelimit_admin_usage(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_admin_usage_read(ngx_http_request_t *r,
+    ngx_uint_t algorithm, ngx_uint_t limit, ngx_uint_t window,
+    ngx_uint_t rules);
+static ngx_int_t ngx_http_ratelimit_admin_usage_got(ngx_http_request_t *r,
+    ngx_int_t outcome, redisReply *reply);
+static ngx_int_t ngx_http_ratelimit_admin_usage_reset(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_admin_usage_gone(ngx_http_request_t *r,
+    ngx_int_t outcome, redisReply *reply);
+static ngx_int_t ngx_http_ratelimit_admin_call(ngx_http_request_t *r,
+    ngx_str_t *what, ngx_str_t *route, ngx_uint_t shard, ngx_uint_t argc,
+    const char **argv, size_t *argvlen,
+    ngx_http_ratelimit_admin_reply_pt answer);
+static void ngx_http_ratelimit_admin_replied(void *data, ngx_int_t outcome,
+    redisReply *reply);
+static ngx_int_t ngx_http_ratelimit_admin_args(ngx_http_request_t *r,
+    ngx_http_ratelimit_admin_arg_t *args, ngx_uint_t n, const char *expected,
+    rl_rule_error_t *err);
+static ngx_int_t ngx_http_ratelimit_admin_send_gen(ngx_http_request_t *r,
+    yajl_gen g);
+static u_char *ngx_http_ratelimit_admin_escape(ngx_http_request_t *r,
+    ngx_str_t *s);
 static ngx_int_t ngx_http_ratelimit_admin_put(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_admin_get(ngx_http_request_t *r,
     ngx_str_t *id);
@@ -112,6 +194,25 @@ static ngx_int_t ngx_http_ratelimit_admin_send_deleted(ngx_http_request_t *r,
 static void ngx_http_ratelimit_admin_cleanup(void *data);
 
 
+#define ngx_http_ratelimit_admin_zone(r)                                      \
+    ((ngx_http_ratelimit_zone_t *)                                            \
+     ((ngx_http_ratelimit_main_conf_t *)                                      \
+      ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module))            \
+     ->shm_zone->data)
+
+/* "key": "value" and "key": number into a generator */
+#define ngx_http_ratelimit_gen_str(g, k, v, n)                                \
+    (yajl_gen_string(g, (const unsigned char *) k, sizeof(k) - 1)             \
+     == yajl_gen_status_ok                                                    \
+     && yajl_gen_string(g, (const unsigned char *) v, n)                      \
+        == yajl_gen_status_ok)
+
+#define ngx_http_ratelimit_gen_int(g, k, v)                                   \
+    (yajl_gen_string(g, (const unsigned char *) k, sizeof(k) - 1)             \
+     == yajl_gen_status_ok                                                    \
+     && yajl_gen_integer(g, v) == yajl_gen_status_ok)
+
+
 /* the key admin tokens are compared under, drawn by each worker */
 static u_char      ngx_http_ratelimit_admin_key[32];
 static ngx_uint_t  ngx_http_ratelimit_admin_keyed;
@@ -121,6 +222,7 @@ ngx_int_t
 ngx_http_ratelimit_admin_handler(ngx_http_request_t *r)
 {
     ngx_str_t                        base, rest;
+    ngx_uint_t                       usage;
     ngx_table_elt_t                 *h;
     ngx_pool_cleanup_t              *cln;
     ngx_http_core_loc_conf_t        *clcf;
@@ -155,7 +257,7 @@ ngx_http_ratelimit_admin_handler(ngx_http_request_t *r)
         base.len--;
     }
 
-    if (ngx_http_ratelimit_admin_path(r, &base, &rest) != NGX_OK) {
+    if (ngx_http_ratelimit_admin_path(r, &base, &rest, &usage) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -189,9 +291,23 @@ ngx_http_ratelimit_admin_handler(ngx_http_request_t *r)
             return ngx_http_ratelimit_admin_put(r);
         }
 
-        return ngx_http_ratelimit_admin_not_allowed(r, "PUT",
-                   "the collection takes PUT; a customer's rule "
-                   "takes GET and DELETE");
+        if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
+            return ngx_http_ratelimit_admin_list(r);
+        }
+
+        return ngx_http_ratelimit_admin_not_allowed(r, "GET, HEAD, PUT",
+                   "the collection takes GET (the list) and PUT; a "
+                   "customer's rule takes GET and DELETE");
+    }
+
+    if (usage) {
+
+        if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE)) {
+            return ngx_http_ratelimit_admin_usage(r);
+        }
+
+        return ngx_http_ratelimit_admin_not_allowed(r, "GET, HEAD, DELETE",
+                   "a caller's usage takes GET (read) and DELETE (reset)");
     }
 
     rest.data++;
@@ -293,12 +409,13 @@ ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_ratelimit_admin_path(ngx_http_request_t *r, ngx_str_t *base,
-    ngx_str_t *path)
+    ngx_str_t *path, ngx_uint_t *usage)
 {
     u_char     *src, *dst;
     ngx_str_t   raw, decoded;
 
     *path = r->uri;
+    *usage = 2;         /* not known yet */
 
     if (r->valid_unparsed_uri && !r->internal && r == r->main) {
         raw = r->unparsed_uri;
@@ -324,6 +441,12 @@ ngx_http_ratelimit_admin_path(ngx_http_request_t *r, ngx_str_t *base,
             && (decoded.len == base->len || decoded.data[base->len] == '/'))
         {
             *path = decoded;
+
+            /* "/usage" as sent, not "/%75sage" */
+
+            *usage = raw.len >= 6
+                     && ngx_strncmp(raw.data + raw.len - 6, "/usage", 6) == 0
+                     && decoded.len == base->len + 6;
         }
     }
 
@@ -332,6 +455,10 @@ ngx_http_ratelimit_admin_path(ngx_http_request_t *r, ngx_str_t *base,
     {
         path->data += base->len;
         path->len -= base->len;
+    }
+
+    if (*usage == 2) {
+        *usage = path->len == 6 && ngx_strncmp(path->data, "/usage", 6) == 0;
     }
 
     return NGX_OK;
@@ -784,6 +911,7 @@ ngx_http_ratelimit_admin_put_body(ngx_http_request_t *r)
     }
 
     if (rl_rule_parse_json((const char *) body, len, &ctx->rule, &err) != 0
+        || rl_rule_check_expiry(&ctx->rule, ngx_time(), &err) != 0
         || (ctx->rule.policy_len
             && ngx_http_ratelimit_admin_policy(r, ctx->rule.policy,
                                                ctx->rule.policy_len, &err)
@@ -999,6 +1127,21 @@ ngx_http_ratelimit_admin_got(ngx_http_request_t *r, ngx_int_t outcome,
                                    "default applies");
     }
 
+    /* an expired rule is no rule: every check has ignored it since */
+
+    if (rule->expires && rule->expires <= ngx_time()) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_NOT_FOUND,
+                                   ctx->rule.policy_len ? "policy"
+                                                        : "customer_id",
+                                   ctx->rule.policy_len
+                                   ? "this customer's rule for this policy "
+                                     "has expired: its rule for every "
+                                     "policy applies, or else the policy's "
+                                     "limit"
+                                   : "this customer's rule has expired: the "
+                                     "location's default applies");
+    }
+
     ngx_http_ratelimit_admin_rule_shown(rule, &ctx->rule);
 
     return ngx_http_ratelimit_admin_send_rule(r, &ctx->rule);
@@ -1013,6 +1156,7 @@ ngx_http_ratelimit_admin_rule_shown(rl_limit_t *rule, rl_rule_t *shown)
     shown->limit = rule->limit;
     shown->window = rule->window;
     shown->algorithm = rule->algorithm;
+    shown->expires_at = rule->expires;
 }
 
 
@@ -1173,4 +1317,939 @@ ngx_http_ratelimit_admin_cleanup(void *data)
     if (ctx->op) {
         ngx_http_ratelimit_rules_store_cancel(ctx->op);
     }
+}
+
+
+/*
+ * GET <location>: a page of the rules in force, from the first live shard,
+ * {"rules": [...], "next_cursor": "<hex>" or null at the end}.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_list(ngx_http_request_t *r)
+{
+    u_char                          *p, *after;
+    size_t                           argvlen[7], i, n;
+    ngx_int_t                        rc, size;
+    ngx_str_t                        what, route, *cursor;
+    const char                      *argv[7];
+    rl_rule_error_t                  err;
+    ngx_http_ratelimit_admin_arg_t   args[2];
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    args[0].name = "limit";
+    args[1].name = "cursor";
+
+    rc = ngx_http_ratelimit_admin_args(r, args, 2,
+                                       "(expected \"limit\" and \"cursor\")",
+                                       &err);
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
+
+    size = NGX_HTTP_RATELIMIT_ADMIN_PAGE;
+
+    if (args[0].value.data) {
+        size = ngx_atoi(args[0].value.data, args[0].value.len);
+
+        if (size < 1 || size > NGX_HTTP_RATELIMIT_ADMIN_MAX_PAGE) {
+            return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                       "limit", "limit must be a whole number from 1 to 1000"
+                                " (rules per page)");
+        }
+    }
+
+    /* the cursor: the last field of the page before, in hex */
+
+    cursor = &args[1].value;
+    n = cursor->data ? cursor->len / 2 : 0;
+
+    after = ngx_pnalloc(r->pool, n + 1);
+    if (after == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (cursor->data
+        && (cursor->len % 2 != 0
+            || n > NGX_HTTP_RATELIMIT_MAX_RULE_FIELD))
+    {
+        goto bad_cursor;
+    }
+
+    for (i = 0; i < n; i++) {
+        rc = ngx_hextoi(cursor->data + 2 * i, 2);
+        if (rc == NGX_ERROR) {
+            goto bad_cursor;
+        }
+
+        after[i] = (u_char) rc;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_ratelimit_rules_eval(argv, argvlen,
+                      ngx_http_ratelimit_rules_script(
+                          NGX_HTTP_RATELIMIT_LUA_RULES_LIST));
+
+    argv[5] = (const char *) after;
+    argvlen[5] = n;
+    argv[6] = (const char *) p;
+    argvlen[6] = ngx_sprintf(p, "%i", size) - p;
+
+    ngx_str_set(&what, "(the rules list)");
+    ngx_str_set(&route, NGX_HTTP_RATELIMIT_RULES_KEY);
+
+    return ngx_http_ratelimit_admin_call(r, &what, &route, 0, 7, argv,
+                                         argvlen,
+                                         ngx_http_ratelimit_admin_listed);
+
+bad_cursor:
+
+    return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST, "cursor",
+               "cursor must be the \"next_cursor\" of a page before, as it "
+               "was given");
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_admin_listed(ngx_http_request_t *r, ngx_int_t outcome,
+    redisReply *reply)
+{
+    u_char      *p;
+    size_t       i;
+    yajl_gen     g;
+    ngx_int_t    rc;
+    redisReply  *last;
+
+    if (outcome != NGX_HTTP_RATELIMIT_RULES_OK) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                              NULL, "no shard answered");
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2
+        || reply->elements % 2 != 0
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
+        goto unusable;
+    }
+
+    for (i = 1; i < reply->elements; i++) {
+        if (reply->element[i]->type != REDIS_REPLY_STRING) {
+            goto unusable;
+        }
+    }
+
+    g = yajl_gen_alloc(NULL);
+    if (g == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+
+    rc = NGX_OK;
+
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok
+        || yajl_gen_string(g, (const unsigned char *) "rules", 5)
+           != yajl_gen_status_ok
+        || yajl_gen_array_open(g) != yajl_gen_status_ok)
+    {
+        rc = NGX_ERROR;
+    }
+
+    for (i = 2; rc == NGX_OK && i < reply->elements; i += 2) {
+        rc = ngx_http_ratelimit_admin_list_rule(g, reply->element[i],
+                                                reply->element[i + 1]);
+    }
+
+    last = reply->element[1];
+
+    if (rc == NGX_OK
+        && (yajl_gen_array_close(g) != yajl_gen_status_ok
+            || yajl_gen_string(g, (const unsigned char *) "next_cursor", 11)
+               != yajl_gen_status_ok))
+    {
+        rc = NGX_ERROR;
+    }
+
+    if (rc == NGX_OK) {
+        if (reply->element[0]->integer && last->len) {
+            p = ngx_pnalloc(r->pool, 2 * last->len);
+            if (p == NULL
+                || yajl_gen_string(g, p,
+                                   ngx_hex_dump(p, (u_char *) last->str,
+                                                last->len) - p)
+                   != yajl_gen_status_ok)
+            {
+                rc = NGX_ERROR;
+            }
+
+        } else if (yajl_gen_null(g) != yajl_gen_status_ok) {
+            rc = NGX_ERROR;
+        }
+    }
+
+    if (rc == NGX_OK && yajl_gen_map_close(g) != yajl_gen_status_ok) {
+        rc = NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        yajl_gen_free(g);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_ratelimit_admin_send_gen(r, g);
+
+unusable:
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "ratelimit: a shard answered the rules list unusably");
+
+    return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                          NULL, "a shard answered the list "
+                                                "unusably");
+}
+
+
+/*
+ * One rule of the list: "<customer>[\x1f<policy>]" and its stored value.
+ * What no PUT could have stored (a field edited by hand, a garbled value)
+ * is left out rather than shown as something it is not.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_list_rule(yajl_gen g, redisReply *field,
+    redisReply *value)
+{
+    u_char      *sep;
+    size_t       id_len;
+    rl_limit_t   limit;
+    rl_rule_t    rule;
+
+    if (ngx_http_ratelimit_rule_parse((u_char *) value->str, value->len,
+                                      &limit, NULL)
+        != NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    sep = ngx_strlchr((u_char *) field->str, (u_char *) field->str + field->len,
+                      NGX_HTTP_RATELIMIT_RULE_SEPARATOR);
+
+    id_len = sep ? (size_t) (sep - (u_char *) field->str) : field->len;
+
+    if (rl_rule_check_customer_id((u_char *) field->str, id_len, NULL) != 0
+        || (sep && rl_rule_check_policy_name(sep + 1,
+                                             field->len - id_len - 1, NULL)
+                   != 0))
+    {
+        return NGX_OK;
+    }
+
+    ngx_memzero(&rule, sizeof(rl_rule_t));
+
+    ngx_memcpy(rule.customer_id, field->str, id_len);
+    rule.customer_id_len = id_len;
+
+    if (sep) {
+        rule.policy_len = field->len - id_len - 1;
+        ngx_memcpy(rule.policy, sep + 1, rule.policy_len);
+    }
+
+    rule.limit = limit.limit;
+    rule.window = limit.window;
+    rule.algorithm = limit.algorithm;
+    rule.expires_at = limit.expires;
+
+    return rl_rule_gen(g, &rule) == 0 ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * GET and DELETE <location>/usage?policy=<name>&key=<value>: the caller's
+ * count under a named policy, read or reset.  Only named policies: a
+ * location's unnamed one ("default") has the limits of its location.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_usage(ngx_http_request_t *r)
+{
+    u_char                          *p, *last;
+    ngx_int_t                        rc;
+    ngx_str_t                       *names;
+    ngx_uint_t                       i;
+    rl_rule_error_t                  err;
+    ngx_http_ratelimit_policy_t     *policy;
+    ngx_http_ratelimit_admin_ctx_t  *ctx;
+    ngx_http_ratelimit_admin_arg_t   args[4];
+    ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    args[0].name = "policy";
+    args[1].name = "key";
+    args[2].name = "source";
+    args[3].name = "customer";
+
+    rc = ngx_http_ratelimit_admin_args(r, args, 4,
+                                       "(expected \"policy\", \"key\", "
+                                       "\"source\" and \"customer\")", &err);
+
+    if (rc == NGX_OK && args[0].value.data == NULL) {
+        rc = ngx_http_ratelimit_admin_fail(&err, "policy",
+                 "policy is required: the name of a \"ratelimit_policy\"");
+    }
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_ratelimit_admin_policy(r, args[0].value.data,
+                                             args[0].value.len, &err);
+    }
+
+    if (rc == NGX_OK
+        && (args[1].value.data == NULL || args[1].value.len == 0
+            || args[1].value.len > NGX_HTTP_RATELIMIT_ADMIN_MAX_KEY))
+    {
+        rc = ngx_http_ratelimit_admin_fail(&err, "key",
+                 "key is required: the caller's value of the policy's key, "
+                 "1 to %d bytes", NGX_HTTP_RATELIMIT_ADMIN_MAX_KEY);
+    }
+
+    if (rc == NGX_OK && args[3].value.data
+        && (r->method == NGX_HTTP_DELETE || args[3].value.len == 0))
+    {
+        rc = ngx_http_ratelimit_admin_fail(&err, "customer",
+                 r->method == NGX_HTTP_DELETE
+                 ? "customer is for reading the usage: a reset deletes the "
+                   "caller's counts whatever its rule"
+                 : "customer must not be empty (leave it out: the key)");
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                              err.field, err.message);
+    }
+
+    rmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    policy = ngx_http_ratelimit_policy_find(rmcf, &args[0].value);
+    names = policy->key_names->elts;
+
+    /* which of the policy's keys the value is: the first by default */
+
+    ctx->source = &names[0];
+
+    if (args[2].value.data) {
+        ctx->source = NULL;
+
+        for (i = 0; i < policy->key_names->nelts; i++) {
+            if (names[i].len == args[2].value.len
+                && ngx_strncmp(names[i].data, args[2].value.data,
+                               names[i].len) == 0)
+            {
+                ctx->source = &names[i];
+                break;
+            }
+        }
+
+        if (ctx->source == NULL) {
+            p = (u_char *) err.message;
+            last = p + sizeof(err.message) - 1;
+
+            p = ngx_slprintf(p, last, "source must name one of the keys of"
+                             " policy \"%V\":", &policy->name);
+
+            for (i = 0; i < policy->key_names->nelts; i++) {
+                p = ngx_slprintf(p, last, "%s %V", i ? "," : "", &names[i]);
+            }
+
+            *p = '\0';
+
+            return ngx_http_ratelimit_admin_error(r, NGX_HTTP_BAD_REQUEST,
+                                                  "source", err.message);
+        }
+    }
+
+    ctx->policy = policy;
+    ctx->key = args[1].value;
+    ctx->customer = args[3].value.data ? args[3].value : args[1].value;
+
+    if (r->method == NGX_HTTP_DELETE) {
+        return ngx_http_ratelimit_admin_usage_reset(r);
+    }
+
+    return ngx_http_ratelimit_admin_usage_read(r, policy->algorithm,
+                                               policy->limit, policy->window,
+                                               1);
+}
+
+
+/*
+ * The caller's count as the check script itself tells it at cost 0 and in
+ * dry run: decided exactly as a request would be, nothing taken, nothing
+ * written.  With "rules", the script reads the customer's rules too; a
+ * rule naming the other algorithm sends the check back, and it is read
+ * again under that algorithm's key.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_usage_read(ngx_http_request_t *r,
+    ngx_uint_t algorithm, ngx_uint_t limit, ngx_uint_t window,
+    ngx_uint_t rules)
+{
+    u_char                          *p, *field;
+    size_t                           argvlen[14];
+    ngx_str_t                        what, policy;
+    const char                      *argv[14];
+    ngx_http_ratelimit_admin_ctx_t  *ctx;
+
+    static ngx_str_t  script = ngx_string(NGX_HTTP_RATELIMIT_LUA_BOUNDS
+                                          NGX_HTTP_RATELIMIT_LUA_CHECK);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    ctx->redis_key.data = ngx_pnalloc(r->pool,
+                                      NGX_HTTP_RATELIMIT_MAX_REDIS_KEY);
+    p = ngx_pnalloc(r->pool, 2 * NGX_INT_T_LEN);
+    field = ngx_pnalloc(r->pool, NGX_HTTP_RATELIMIT_MAX_RULE_FIELD);
+
+    if (ctx->redis_key.data == NULL || p == NULL || field == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->redis_key.len = ngx_http_ratelimit_redis_key(ctx->redis_key.data,
+                                                      algorithm, ctx->policy,
+                                                      ctx->source, &ctx->key);
+
+    ctx->shard = ngx_http_ratelimit_rules_store_shard(
+                     ngx_http_ratelimit_admin_zone(r), ctx->redis_key.data,
+                     ctx->redis_key.len, &ctx->shard_name);
+
+    argv[0] = "EVAL";
+    argvlen[0] = 4;
+    argv[1] = (const char *) script.data;
+    argvlen[1] = script.len;
+    argv[2] = "1";
+    argvlen[2] = 1;
+    argv[3] = (const char *) ctx->redis_key.data;
+    argvlen[3] = ctx->redis_key.len;
+    argv[4] = "1";                              /* group */
+    argvlen[4] = 1;
+    argv[5] = "0";                              /* no deadline */
+    argvlen[5] = 1;
+    argv[6] = algorithm == RL_RULE_ALGORITHM_SLIDING_WINDOW ? "sw" : "tb";
+    argvlen[6] = 2;
+    argv[7] = (const char *) p;
+    argvlen[7] = ngx_sprintf(p, "%ui", limit) - p;
+    argv[8] = (const char *) p + argvlen[7];
+    argvlen[8] = ngx_sprintf(p + argvlen[7], "%ui", window * 1000)
+                 - (p + argvlen[7]);
+    argv[9] = "0";                              /* cost 0: takes nothing */
+    argvlen[9] = 1;
+    argv[10] = "1";                             /* dry run: fails no group */
+    argvlen[10] = 1;
+    argv[11] = "";
+    argvlen[11] = 0;
+    argv[12] = "";
+    argvlen[12] = 0;
+
+    /* a customer id no rule can have: the policy's own limit */
+
+    if (rules && ctx->customer.len <= RL_RULE_MAX_CUSTOMER_ID) {
+        policy = ctx->policy->name;
+
+        argv[11] = (const char *) ctx->customer.data;
+        argvlen[11] = ctx->customer.len;
+        argv[12] = (const char *) field;
+        argvlen[12] = ngx_http_ratelimit_rules_field(field, &ctx->customer,
+                                                     &policy);
+    }
+
+    ngx_str_set(&what, "(a caller's usage)");
+
+    return ngx_http_ratelimit_admin_call(r, &what, NULL, ctx->shard, 13, argv,
+                                         argvlen,
+                                         ngx_http_ratelimit_admin_usage_got);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_admin_usage_got(ngx_http_request_t *r, ngx_int_t outcome,
+    redisReply *reply)
+{
+    u_char                          *key;
+    yajl_gen                         g;
+    long long                        now, limit, window, used;
+    ngx_int_t                        rc;
+    const char                      *why, *alg;
+    ngx_uint_t                       algorithm;
+    rl_check_result_t                res;
+    ngx_http_ratelimit_admin_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    if (outcome == NGX_HTTP_RATELIMIT_RULES_DOWN) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                    NULL, "the caller's shard is down: its count is unknown");
+    }
+
+    if (outcome != NGX_HTTP_RATELIMIT_RULES_OK) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                    NULL, "the caller's shard did not answer");
+    }
+
+    why = "";
+
+    if (rl_reply_decode_batch(reply, 1, &res, &now, &why) != RL_REPLY_OK
+        || res.allowed == RL_CHECK_LATE
+        || (res.allowed == RL_CHECK_RESEND && ctx->resent))
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ratelimit: shard %V answered the usage unusably: %s",
+                      ctx->shard_name, why);
+
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                    NULL, "the caller's shard answered unusably");
+    }
+
+    if (!ctx->resent) {
+        ctx->read = res;
+    }
+
+    /* the rule in force: the customer's, else the policy's */
+
+    limit = ctx->policy->limit;
+    window = ctx->policy->window;
+    algorithm = ctx->policy->algorithm;
+
+    if (ctx->read.rule_limit > 0) {
+        limit = ctx->read.rule_limit;
+        window = ctx->read.rule_window;
+
+        if (ctx->read.rule_algorithm != RL_RULE_ALGORITHM_NONE) {
+            algorithm = ctx->read.rule_algorithm;
+        }
+    }
+
+    if (res.allowed == RL_CHECK_RESEND) {
+        ctx->resent = 1;
+
+        return ngx_http_ratelimit_admin_usage_read(r, algorithm, limit,
+                                                   window, 0);
+    }
+
+    used = limit - res.remaining;
+    if (used < 0) {
+        used = 0;
+    }
+
+    alg = algorithm == RL_RULE_ALGORITHM_SLIDING_WINDOW ? "sliding_window"
+                                                        : "token_bucket";
+
+    key = ngx_http_ratelimit_admin_escape(r, &ctx->key);
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "ratelimit: admin read the usage of key \"%s\" (%V) under "
+                  "policy \"%V\": %L of %L used, %L remaining",
+                  key, ctx->source, &ctx->policy->name, used, limit,
+                  res.remaining);
+
+    g = yajl_gen_alloc(NULL);
+    if (g == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /*
+     * The key and the customer are the caller's bytes: yajl escapes the
+     * control characters, and bytes that are not UTF-8 go as they are.
+     */
+
+    rc = yajl_gen_map_open(g) == yajl_gen_status_ok
+         && ngx_http_ratelimit_gen_str(g, "policy", ctx->policy->name.data,
+                                       ctx->policy->name.len)
+         && ngx_http_ratelimit_gen_str(g, "source", ctx->source->data,
+                                       ctx->source->len)
+         && ngx_http_ratelimit_gen_str(g, "key", ctx->key.data, ctx->key.len)
+         && ngx_http_ratelimit_gen_str(g, "customer", ctx->customer.data,
+                                       ctx->customer.len)
+         && ngx_http_ratelimit_gen_str(g, "shard", ctx->shard_name->data,
+                                       ctx->shard_name->len)
+         && ngx_http_ratelimit_gen_str(g, "redis_key", ctx->redis_key.data,
+                                       ctx->redis_key.len)
+         && ngx_http_ratelimit_gen_int(g, "limit", limit)
+         && ngx_http_ratelimit_gen_int(g, "window", window)
+         && ngx_http_ratelimit_gen_str(g, "algorithm", alg, ngx_strlen(alg))
+         && yajl_gen_string(g, (const unsigned char *) "rule", 4)
+            == yajl_gen_status_ok
+         && yajl_gen_bool(g, ctx->read.rule_limit > 0) == yajl_gen_status_ok
+         && ngx_http_ratelimit_gen_int(g, "used", used)
+         && ngx_http_ratelimit_gen_int(g, "remaining", res.remaining)
+         && ngx_http_ratelimit_gen_int(g, "reset",
+                                       rl_reset_seconds(res.reset_ms))
+         && ngx_http_ratelimit_gen_int(g, "retry_after",
+                                       res.allowed
+                                       ? 0
+                                       : rl_retry_after_seconds(
+                                             res.retry_after_ms))
+         && yajl_gen_map_close(g) == yajl_gen_status_ok;
+
+    if (!rc) {
+        yajl_gen_free(g);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_ratelimit_admin_send_gen(r, g);
+}
+
+
+/*
+ * DELETE: the caller's counts under the policy go, those of both
+ * algorithms (a rule may have moved the count to the other one's key),
+ * each from its own shard, one after the other; then the rules version
+ * moves so that every edge node drops the denials it cached for the
+ * caller, this one at once.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_usage_reset(ngx_http_request_t *r)
+{
+    size_t                           argvlen[2];
+    ngx_str_t                        what, *key, **name;
+    ngx_uint_t                       algorithm, *shard;
+    const char                      *argv[2];
+    ngx_http_ratelimit_admin_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    if (!ctx->resent) {
+        algorithm = RL_RULE_ALGORITHM_TOKEN_BUCKET;
+        key = &ctx->redis_key;
+        shard = &ctx->shard;
+        name = &ctx->shard_name;
+
+    } else {
+        algorithm = RL_RULE_ALGORITHM_SLIDING_WINDOW;
+        key = &ctx->sw_key;
+        shard = &ctx->sw_shard;
+        name = &ctx->sw_shard_name;
+    }
+
+    key->data = ngx_pnalloc(r->pool, NGX_HTTP_RATELIMIT_MAX_REDIS_KEY);
+    if (key->data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    key->len = ngx_http_ratelimit_redis_key(key->data, algorithm,
+                                            ctx->policy, ctx->source,
+                                            &ctx->key);
+
+    *shard = ngx_http_ratelimit_rules_store_shard(
+                 ngx_http_ratelimit_admin_zone(r), key->data, key->len, name);
+
+    argv[0] = "DEL";
+    argvlen[0] = 3;
+    argv[1] = (const char *) key->data;
+    argvlen[1] = key->len;
+
+    ngx_str_set(&what, "(a caller's reset)");
+
+    return ngx_http_ratelimit_admin_call(r, &what, NULL, *shard, 2, argv,
+                                         argvlen,
+                                         ngx_http_ratelimit_admin_usage_gone);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_admin_usage_gone(ngx_http_request_t *r, ngx_int_t outcome,
+    redisReply *reply)
+{
+    u_char                          *key;
+    yajl_gen                         g;
+    ngx_int_t                        rc;
+    ngx_http_ratelimit_admin_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    if (outcome != NGX_HTTP_RATELIMIT_RULES_OK
+        || reply->type != REDIS_REPLY_INTEGER)
+    {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                    NULL, ctx->resent
+                          ? "the shard of the caller's sliding window count "
+                            "could not reset it (its token bucket count is "
+                            "reset)"
+                          : "the caller's shard could not reset its count");
+    }
+
+    ctx->deleted += reply->integer;
+
+    if (!ctx->resent) {
+        ctx->resent = 1;
+        return ngx_http_ratelimit_admin_usage_reset(r);
+    }
+
+    ngx_http_ratelimit_rules_store_touch(ngx_http_ratelimit_admin_zone(r));
+
+    key = ngx_http_ratelimit_admin_escape(r, &ctx->key);
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "ratelimit: admin reset the count of key \"%s\" (%V) "
+                  "under policy \"%V\" on shards %V and %V (%L keys deleted)",
+                  key, ctx->source, &ctx->policy->name, ctx->shard_name,
+                  ctx->sw_shard_name, ctx->deleted);
+
+    g = yajl_gen_alloc(NULL);
+    if (g == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = yajl_gen_map_open(g) == yajl_gen_status_ok
+         && ngx_http_ratelimit_gen_str(g, "policy", ctx->policy->name.data,
+                                       ctx->policy->name.len)
+         && ngx_http_ratelimit_gen_str(g, "source", ctx->source->data,
+                                       ctx->source->len)
+         && ngx_http_ratelimit_gen_str(g, "key", ctx->key.data, ctx->key.len)
+         && yajl_gen_string(g, (const unsigned char *) "reset", 5)
+            == yajl_gen_status_ok
+         && yajl_gen_bool(g, 1) == yajl_gen_status_ok
+         && ngx_http_ratelimit_gen_int(g, "deleted", ctx->deleted)
+         && yajl_gen_map_close(g) == yajl_gen_status_ok;
+
+    if (!rc) {
+        yajl_gen_free(g);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_ratelimit_admin_send_gen(r, g);
+}
+
+
+/*
+ * A command of the endpoint's own: the answer is made once the shard
+ * replies, or at once when the store knows the outcome already.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_call(ngx_http_request_t *r, ngx_str_t *what,
+    ngx_str_t *route, ngx_uint_t shard, ngx_uint_t argc, const char **argv,
+    size_t *argvlen, ngx_http_ratelimit_admin_reply_pt answer)
+{
+    ngx_int_t                        rc;
+    ngx_http_ratelimit_admin_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    ctx->reply_answer = answer;
+    ctx->op = NULL;
+
+    rc = ngx_http_ratelimit_rules_store_call(ngx_http_ratelimit_admin_zone(r),
+                                             r->pool, r->connection->log,
+                                             what, route, shard, argc, argv,
+                                             argvlen,
+                                             NGX_HTTP_RATELIMIT_ADMIN_TIMEOUT,
+                                             ngx_http_ratelimit_admin_replied,
+                                             ctx, &ctx->op);
+
+    if (rc == NGX_AGAIN) {
+
+        /* a second command of the same request waits as the first did */
+
+        if (!ctx->waiting) {
+            ctx->waiting = 1;
+            r->main->count++;
+        }
+
+        return NGX_DONE;
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return answer(r, rc, NULL);
+}
+
+
+static void
+ngx_http_ratelimit_admin_replied(void *data, ngx_int_t outcome,
+    redisReply *reply)
+{
+    ngx_http_ratelimit_admin_ctx_t *ctx = data;
+
+    ngx_int_t  rc;
+
+    ctx->op = NULL;
+
+    rc = ctx->reply_answer(ctx->request, outcome, reply);
+
+    /* another command went out: the request waits on */
+
+    if (rc == NGX_DONE && ctx->op) {
+        return;
+    }
+
+    ctx->waiting = 0;
+
+    ngx_http_finalize_request(ctx->request, rc);
+}
+
+
+/*
+ * The query arguments of GET (the list, the usage): each of args[] at most
+ * once, no other.  Names and values are percent-decoded; empty parts
+ * ("&&") are skipped.  NGX_OK; NGX_DECLINED and *err; NGX_ERROR.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_args(ngx_http_request_t *r,
+    ngx_http_ratelimit_admin_arg_t *args, ngx_uint_t n, const char *expected,
+    rl_rule_error_t *err)
+{
+    u_char      *p, *last, *end, *eq;
+    ngx_str_t    name, value;
+    ngx_uint_t   i;
+
+    for (i = 0; i < n; i++) {
+        ngx_str_null(&args[i].value);
+    }
+
+    p = r->args.data;
+    last = p + r->args.len;
+
+    for ( /* void */ ; p < last; p = end + 1) {
+
+        end = ngx_strlchr(p, last, '&');
+        if (end == NULL) {
+            end = last;
+        }
+
+        if (end == p) {
+            continue;
+        }
+
+        eq = ngx_strlchr(p, end, '=');
+
+        if (ngx_http_ratelimit_admin_unescape(r, p, eq ? eq : end, &name)
+            != NGX_OK
+            || ngx_http_ratelimit_admin_unescape(r, eq ? eq + 1 : end, end,
+                                                 &value)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (name.len == ngx_strlen(args[i].name)
+                && ngx_strncmp(name.data, args[i].name, name.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == n) {
+            return ngx_http_ratelimit_admin_unknown_arg(r, &name, expected,
+                                                        err);
+        }
+
+        /* the last of two would win silently, whichever the client meant */
+
+        if (args[i].value.data) {
+            return ngx_http_ratelimit_admin_fail(err, args[i].name,
+                       "argument \"%s\" is given more than once",
+                       args[i].name);
+        }
+
+        args[i].value = value;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the generated JSON and a newline, sent; the generator freed */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_send_gen(ngx_http_request_t *r, yajl_gen g)
+{
+    size_t                len;
+    ngx_str_t             body;
+    const unsigned char  *buf;
+
+    body.data = NULL;
+
+    if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok) {
+        body.data = ngx_pnalloc(r->pool, len + 1);
+
+        if (body.data) {
+            ngx_memcpy(body.data, buf, len);
+            body.data[len] = '\n';
+            body.len = len + 1;
+        }
+    }
+
+    yajl_gen_free(g);
+
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_ratelimit_admin_send(r, NGX_HTTP_OK, &body);
+}
+
+
+/*
+ * A caller's value fit for a log line, NUL-terminated: every byte but
+ * printable ASCII, and the quote and backslash, as "\xHH", as the store
+ * logs customer ids.
+ */
+
+static u_char *
+ngx_http_ratelimit_admin_escape(ngx_http_request_t *r, ngx_str_t *s)
+{
+    u_char         *dst, *p;
+    size_t          i;
+    static u_char   hex[] = "0123456789ABCDEF";
+
+    dst = ngx_pnalloc(r->pool, 4 * s->len + 1);
+    if (dst == NULL) {
+        return (u_char *) "(out of memory)";
+    }
+
+    p = dst;
+
+    for (i = 0; i < s->len; i++) {
+        if (s->data[i] < 0x20 || s->data[i] >= 0x7f || s->data[i] == '"'
+            || s->data[i] == '\\')
+        {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[s->data[i] >> 4];
+            *p++ = hex[s->data[i] & 0xf];
+
+        } else {
+            *p++ = s->data[i];
+        }
+    }
+
+    *p = '\0';
+
+    return dst;
 }

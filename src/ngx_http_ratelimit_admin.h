@@ -1,7 +1,8 @@
 
 /*
  * Global API rate limiter: the admin endpoint (PUT, GET, DELETE of
- * per-customer rules), the content handler of a "ratelimit_admin" location.
+ * per-customer rules, their list, a caller's usage read and reset), the
+ * content handler of a "ratelimit_admin" location.
  */
 
 

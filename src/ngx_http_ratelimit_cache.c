@@ -111,7 +111,12 @@ ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
     if (e == NULL) {
         rc = NGX_DECLINED;
 
-    } else if (e->epoch != zone->sh->epoch) {
+    } else if (e->epoch != zone->sh->epoch
+               || (e->expires
+                   && (ngx_msec_int_t) (e->until - ngx_current_msec) <= 0))
+    {
+        /* changed since, or expired: the shard tells what applies now */
+
         ngx_http_ratelimit_cache_delete(zone->shpool, cache, e);
         rc = NGX_DECLINED;
 
@@ -130,12 +135,16 @@ ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
 
 /*
  * "epoch" is the zone's epoch when the rule was asked for: a rule read
- * before an invalidation must not be cached as current after it.
+ * before an invalidation must not be cached as current after it.  "ttl":
+ * the ms the answer holds (the rule in force expires then), 0: until the
+ * next change; counted from the reply, so it ends here at most the reply's
+ * trip later than on the shard's clock.
  */
 
 void
 ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
-    u_char *customer, size_t len, rl_limit_t *rule, ngx_uint_t epoch)
+    u_char *customer, size_t len, rl_limit_t *rule, ngx_msec_t ttl,
+    ngx_uint_t epoch)
 {
     ngx_http_ratelimit_entry_t  *e;
 
@@ -150,6 +159,12 @@ ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
     if (e) {
         e->epoch = epoch;
         e->rule = *rule;
+
+        /* a month at most: beyond it the entry is simply read again */
+
+        e->expires = (ttl != 0);
+        e->until = ngx_current_msec
+                   + ngx_min(ttl, (ngx_msec_t) 30 * 86400 * 1000);
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);

@@ -19,10 +19,13 @@ typedef struct {
     ngx_rbtree_node_t               node;        /* key: CRC32 of data */
     ngx_queue_t                     queue;       /* LRU */
     ngx_uint_t                      epoch;
-    ngx_msec_t                      until;       /* deny: denied until */
+    ngx_msec_t                      until;       /* deny: denied until;
+                                                    rule: expires at, if
+                                                    expires */
     ngx_msec_t                      reset_until; /* deny: quota full at */
     rl_limit_t                      rule;        /* rule cache */
     u_short                         len;
+    unsigned                        expires:1;   /* rule: until is set */
     u_char                          data[1];
 } ngx_http_ratelimit_entry_t;
 
@@ -42,7 +45,8 @@ void ngx_http_ratelimit_cache_insert_value(ngx_rbtree_node_t *temp,
 ngx_int_t ngx_http_ratelimit_rule_cache_get(ngx_http_ratelimit_zone_t *zone,
     u_char *customer, size_t len, rl_limit_t *rule);
 void ngx_http_ratelimit_rule_cache_put(ngx_http_ratelimit_zone_t *zone,
-    u_char *customer, size_t len, rl_limit_t *rule, ngx_uint_t epoch);
+    u_char *customer, size_t len, rl_limit_t *rule, ngx_msec_t ttl,
+    ngx_uint_t epoch);
 ngx_int_t ngx_http_ratelimit_deny_cache_get(ngx_http_ratelimit_zone_t *zone,
     u_char *key, size_t len, ngx_msec_t *retry_ms, ngx_msec_t *reset_ms);
 void ngx_http_ratelimit_deny_cache_put(ngx_http_ratelimit_zone_t *zone,

@@ -590,9 +590,10 @@ ngx_http_ratelimit_apply_rule(ngx_http_ratelimit_check_t *check,
 
 /*
  * The shard read the customer's rules for this check and says what applied
- * (limit 0: no rule): cached for the customer and policy, and in force for
- * the check, whose key and limit id follow (the trail records the limit it
- * was really checked against).
+ * (limit 0: no rule): cached for the customer and policy (until the rule
+ * in force expires, if it does), and in force for the check, whose key and
+ * limit id follow (the trail records the limit it was really checked
+ * against).
  */
 
 static void
@@ -607,9 +608,12 @@ ngx_http_ratelimit_learn_rule(ngx_http_ratelimit_check_t *check,
     rule.limit = result->rule_limit;
     rule.window = result->rule_window;
     rule.algorithm = (int) result->rule_algorithm;
+    rule.expires = 0;
 
     ngx_http_ratelimit_rule_cache_put(ctx->zone, check->field,
-                                      check->field_len, &rule, ctx->epoch);
+                                      check->field_len, &rule,
+                                      (ngx_msec_t) result->rule_ttl_ms,
+                                      ctx->epoch);
 
     check->read_rule = 0;
 
@@ -858,34 +862,54 @@ ngx_http_ratelimit_group_shards(ngx_http_ratelimit_ctx_t *ctx,
 static void
 ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check)
 {
+    u_char  *p;
+
+    check->key_len = ngx_http_ratelimit_redis_key(check->key,
+                                                  check->rule.algorithm,
+                                                  check->policy,
+                                                  check->key_name,
+                                                  &check->caller);
+
+    p = ngx_cpymem(check->limit_id, check->key, check->key_len);
+    p = ngx_sprintf(p, "%Z%L%Z%L", check->rule.limit, check->rule.window);
+
+    check->limit_id_len = p - check->limit_id;
+}
+
+
+size_t
+ngx_http_ratelimit_redis_key(u_char *key, ngx_uint_t algorithm,
+    ngx_http_ratelimit_policy_t *policy, ngx_str_t *key_name,
+    ngx_str_t *caller)
+{
     u_char      *p;
     ngx_str_t   *alg;
     ngx_sha1_t   sha1;
     u_char       digest[20];
 
-    alg = &ngx_http_ratelimit_algorithm_ids[check->rule.algorithm];
+    alg = &ngx_http_ratelimit_algorithm_ids[algorithm];
 
-    p = ngx_cpymem(check->key, "rl:", 3);
+    p = ngx_cpymem(key, "rl:", 3);
     p = ngx_cpymem(p, alg->data, alg->len);
     *p++ = ':';
 
-    if (check->policy->named) {
+    if (policy->named) {
         *p++ = '@';
-        p = ngx_cpymem(p, check->policy->name.data, check->policy->name.len);
+        p = ngx_cpymem(p, policy->name.data, policy->name.len);
         *p++ = ':';
     }
 
-    p = ngx_cpymem(p, check->key_name->data, check->key_name->len);
+    p = ngx_cpymem(p, key_name->data, key_name->len);
     *p++ = ':';
 
-    if (check->caller.len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
+    if (caller->len <= NGX_HTTP_RATELIMIT_MAX_RAW_KEY - 2) {
         *p++ = 'k';
         *p++ = ':';
-        p = ngx_cpymem(p, check->caller.data, check->caller.len);
+        p = ngx_cpymem(p, caller->data, caller->len);
 
     } else {
         ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, check->caller.data, check->caller.len);
+        ngx_sha1_update(&sha1, caller->data, caller->len);
         ngx_sha1_final(digest, &sha1);
 
         *p++ = 'h';
@@ -893,12 +917,7 @@ ngx_http_ratelimit_key(ngx_http_ratelimit_check_t *check)
         p = ngx_hex_dump(p, digest, sizeof(digest));
     }
 
-    check->key_len = p - check->key;
-
-    p = ngx_cpymem(check->limit_id, check->key, check->key_len);
-    p = ngx_sprintf(p, "%Z%L%Z%L", check->rule.limit, check->rule.window);
-
-    check->limit_id_len = p - check->limit_id;
+    return p - key;
 }
 
 

@@ -4,9 +4,9 @@
  *
  * Every shard holds every rule, in the hash "rl:rules" (customer id, or
  * "<customer id>\x1f<policy>" for the rule of one policy, ->
- * "<stamp> <limit> <window> <algorithm>", "<stamp> -" once deleted, or
- * "<stamp> ~<body>" once a failed write was undone) with a version counter
- * and a digest of the hash beside it.  So any live shard can tell a
+ * "<stamp> <limit> <window> <algorithm> [<expires>]", "<stamp> -" once
+ * deleted, or "<stamp> ~<body>" once a failed write was undone) with a
+ * version counter, a digest and a sorted index of the fields beside it.  So any live shard can tell a
  * customer's rule, and losing a shard loses no rule.
  *
  * Each edge node polls the shards' versions and digests a few times a
@@ -157,6 +157,7 @@ ngx_http_ratelimit_rule_parse(u_char *stored, size_t len, rl_limit_t *limit,
     limit->limit = r.limit;
     limit->window = r.window;
     limit->algorithm = r.algorithm;
+    limit->expires = r.expires_at;
 
     return NGX_OK;
 }

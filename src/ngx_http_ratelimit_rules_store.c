@@ -15,6 +15,8 @@
  *
  * A read asks the first live shard from the customer's place on the ring,
  * and the next live one when that one fails: every shard holds every rule.
+ * The admin endpoint's other commands (a page of the rules list, a
+ * caller's counter) go the same way, or to the one shard that can answer.
  */
 
 
@@ -66,10 +68,17 @@ struct ngx_http_ratelimit_rules_op_s {
     ngx_uint_t                         tried;      /* read: shards asked */
     ngx_msec_t                         timeout;
     ngx_event_t                        timer;
-    rl_limit_t          rule;
-    rl_limit_t         *found;      /* &rule, or NULL: none */
+    rl_limit_t                         rule;
+    rl_limit_t                        *found;      /* &rule, or NULL: none */
     ngx_http_ratelimit_rules_done_pt   handler;    /* NULL: over */
     void                              *data;
+
+    /* a command of its own: sent to one shard, or routed by "route" */
+    ngx_uint_t                         argc;       /* 0: a rule's read */
+    const char                       **argv;
+    size_t                            *argvlen;
+    ngx_str_t                          route;      /* empty: one shard */
+    ngx_http_ratelimit_rules_reply_pt  reply_handler;
 };
 
 
@@ -107,6 +116,8 @@ static void ngx_http_ratelimit_rules_store_finish(
     ngx_http_ratelimit_rules_op_t *op, ngx_int_t outcome);
 static u_char *ngx_http_ratelimit_rules_store_id(
     ngx_http_ratelimit_rules_op_t *op);
+static void ngx_http_ratelimit_rules_store_answered(void *data,
+    redisReply *reply);
 
 
 ngx_int_t
@@ -193,12 +204,125 @@ ngx_http_ratelimit_rules_store_read(ngx_http_ratelimit_zone_t *zone,
 }
 
 
+ngx_int_t
+ngx_http_ratelimit_rules_store_call(ngx_http_ratelimit_zone_t *zone,
+    ngx_pool_t *pool, ngx_log_t *log, ngx_str_t *what, ngx_str_t *route,
+    ngx_uint_t shard, ngx_uint_t argc, const char **argv, size_t *argvlen,
+    ngx_msec_t timeout, ngx_http_ratelimit_rules_reply_pt handler,
+    void *data, ngx_http_ratelimit_rules_op_t **handle)
+{
+    ngx_http_ratelimit_health_t    *h;
+    ngx_http_ratelimit_rules_op_t  *op;
+
+    op = ngx_http_ratelimit_rules_store_op(zone, pool, log, what, 1, timeout,
+                                           NULL, data);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    op->argv = ngx_pnalloc(pool, argc * sizeof(char *));
+    op->argvlen = ngx_pnalloc(pool, argc * sizeof(size_t));
+
+    if (op->argv == NULL || op->argvlen == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(op->argv, argv, argc * sizeof(char *));
+    ngx_memcpy(op->argvlen, argvlen, argc * sizeof(size_t));
+
+    op->argc = argc;
+    op->reply_handler = handler;
+
+    if (route) {
+        op->route = *route;
+
+        if (ngx_http_ratelimit_rules_store_ask(op) != NGX_OK) {
+            return NGX_HTTP_RATELIMIT_RULES_UNSENT;
+        }
+
+    } else {
+        h = &zone->ring->health[shard];
+
+        if (h->down_until != 0
+            && ngx_http_ratelimit_shard_admit(h)
+               == NGX_HTTP_RATELIMIT_SHARD_DOWN)
+        {
+            return NGX_HTTP_RATELIMIT_RULES_DOWN;
+        }
+
+        op->shards[0].index = shard;
+        op->shards[0].slot = ngx_http_ratelimit_redis_send(
+                                 ngx_http_ratelimit_redis_conn(shard),
+                                 (int) argc, op->argv, op->argvlen,
+                                 ngx_http_ratelimit_rules_store_answered,
+                                 &op->shards[0]);
+
+        if (op->shards[0].slot == NULL) {
+            return NGX_HTTP_RATELIMIT_RULES_UNSENT;
+        }
+
+        op->shards[0].state = NGX_HTTP_RATELIMIT_RULES_SHARD_WAITING;
+        op->pending = 1;
+    }
+
+    op->timer.handler = ngx_http_ratelimit_rules_store_timeout;
+    ngx_add_timer(&op->timer, timeout);
+
+    *handle = op;
+
+    return NGX_AGAIN;
+}
+
+
+ngx_uint_t
+ngx_http_ratelimit_rules_store_shard(ngx_http_ratelimit_zone_t *zone,
+    u_char *key, size_t len, ngx_str_t **name)
+{
+    ngx_uint_t  index;
+
+    index = ngx_http_ratelimit_ring_lookup(zone->ring, key, len);
+
+    *name = ngx_http_ratelimit_redis_name(ngx_http_ratelimit_redis_conn(index));
+
+    return index;
+}
+
+
+void
+ngx_http_ratelimit_rules_store_touch(ngx_http_ratelimit_zone_t *zone)
+{
+    const char  *argv[2];
+    size_t       argvlen[2];
+    ngx_uint_t   i;
+
+    argv[0] = "INCR";
+    argvlen[0] = 4;
+    argv[1] = NGX_HTTP_RATELIMIT_RULES_VERSION;
+    argvlen[1] = sizeof(NGX_HTTP_RATELIMIT_RULES_VERSION) - 1;
+
+    /*
+     * Not detached: a command not written yet would be taken back.  The
+     * answer finds no operation; a shard that misses the move is brought
+     * to the highest version by the poll's sync.
+     */
+
+    for (i = 0; i < zone->ring->nshards; i++) {
+        (void) ngx_http_ratelimit_redis_send(
+                   ngx_http_ratelimit_redis_conn(i), 2, argv, argvlen,
+                   ngx_http_ratelimit_rules_store_answered, NULL);
+    }
+
+    ngx_http_ratelimit_cache_invalidate(zone);
+}
+
+
 void
 ngx_http_ratelimit_rules_store_cancel(ngx_http_ratelimit_rules_op_t *op)
 {
     ngx_uint_t  i;
 
     op->handler = NULL;
+    op->reply_handler = NULL;
 
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
@@ -595,24 +719,40 @@ ngx_http_ratelimit_rules_store_ask(ngx_http_ratelimit_rules_op_t *op)
     size_t                             argvlen[3];
     ngx_http_ratelimit_rules_shard_t  *shard;
 
-    (void) ngx_http_ratelimit_rules_lookup(argv, argvlen, &op->customer, NULL,
-                                           NULL);
+    ngx_str_t                         *route;
+
+    if (op->argc == 0) {
+        (void) ngx_http_ratelimit_rules_lookup(argv, argvlen, &op->customer,
+                                               NULL, NULL);
+        route = &op->customer;
+
+    } else {
+        route = &op->route;
+    }
 
     shard = &op->shards[0];
 
     for ( ;; ) {
-        index = ngx_http_ratelimit_ring_next_live(op->zone->ring,
-                                                  op->customer.data,
-                                                  op->customer.len,
-                                                  &op->tried);
+        index = ngx_http_ratelimit_ring_next_live(op->zone->ring, route->data,
+                                                  route->len, &op->tried);
         if (index == NGX_ERROR) {
             return NGX_DECLINED;
         }
 
         shard->index = index;
-        shard->slot = ngx_http_ratelimit_redis_send(
-                          ngx_http_ratelimit_redis_conn(index), 3, argv,
-                          argvlen, ngx_http_ratelimit_rules_store_got, shard);
+
+        if (op->argc) {
+            shard->slot = ngx_http_ratelimit_redis_send(
+                              ngx_http_ratelimit_redis_conn(index),
+                              (int) op->argc, op->argv, op->argvlen,
+                              ngx_http_ratelimit_rules_store_answered, shard);
+
+        } else {
+            shard->slot = ngx_http_ratelimit_redis_send(
+                              ngx_http_ratelimit_redis_conn(index), 3, argv,
+                              argvlen, ngx_http_ratelimit_rules_store_got,
+                              shard);
+        }
 
         if (shard->slot) {
             shard->state = NGX_HTTP_RATELIMIT_RULES_SHARD_WAITING;
@@ -713,17 +853,84 @@ static void
 ngx_http_ratelimit_rules_store_finish(ngx_http_ratelimit_rules_op_t *op,
     ngx_int_t outcome)
 {
-    ngx_http_ratelimit_rules_done_pt  handler;
+    ngx_http_ratelimit_rules_done_pt   handler;
+    ngx_http_ratelimit_rules_reply_pt  reply_handler;
 
     handler = op->handler;
+    reply_handler = op->reply_handler;
     op->handler = NULL;
+    op->reply_handler = NULL;
 
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
     }
 
-    handler(op->data, outcome,
-            outcome == NGX_HTTP_RATELIMIT_RULES_OK ? op->found : NULL);
+    if (reply_handler) {
+        reply_handler(op->data, outcome, NULL);
+        return;
+    }
+
+    if (handler) {
+        handler(op->data, outcome,
+                outcome == NGX_HTTP_RATELIMIT_RULES_OK ? op->found : NULL);
+    }
+}
+
+
+/*
+ * The answer to a command of the admin endpoint's own (or to the version's
+ * move, which nobody waits for).  A shard that fails a routed command
+ * leaves it to the next live one.
+ */
+
+static void
+ngx_http_ratelimit_rules_store_answered(void *data, redisReply *reply)
+{
+    ngx_http_ratelimit_rules_shard_t *shard = data;
+
+    ngx_http_ratelimit_rules_op_t      *op;
+    ngx_http_ratelimit_rules_reply_pt   handler;
+
+    if (shard == NULL) {
+        return;
+    }
+
+    op = shard->op;
+    shard->slot = NULL;
+    op->pending = 0;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        shard->state = reply ? NGX_HTTP_RATELIMIT_RULES_SHARD_BROKEN
+                             : NGX_HTTP_RATELIMIT_RULES_SHARD_LOST;
+
+        ngx_log_error(NGX_LOG_ERR, op->log, 0,
+                      "ratelimit: shard %V could not answer the admin "
+                      "request for \"%s\": %s",
+                      ngx_http_ratelimit_redis_name(
+                          ngx_http_ratelimit_redis_conn(shard->index)),
+                      ngx_http_ratelimit_rules_store_id(op),
+                      reply ? reply->str : "no answer");
+
+        if (op->route.len == 0
+            || ngx_http_ratelimit_rules_store_ask(op) != NGX_OK)
+        {
+            ngx_http_ratelimit_rules_store_finish(op,
+                                              NGX_HTTP_RATELIMIT_RULES_FAILED);
+        }
+
+        return;
+    }
+
+    shard->state = NGX_HTTP_RATELIMIT_RULES_SHARD_ANSWERED;
+
+    handler = op->reply_handler;
+    op->reply_handler = NULL;
+
+    if (op->timer.timer_set) {
+        ngx_del_timer(&op->timer);
+    }
+
+    handler(op->data, NGX_HTTP_RATELIMIT_RULES_OK, reply);
 }
 
 

@@ -14,7 +14,7 @@
 #define RL_REPLY_MAX_CHECKS  1024
 
 /* the integers of lua/check.lua's reply per check */
-#define RL_REPLY_PER_CHECK   8
+#define RL_REPLY_PER_CHECK   9
 
 
 static int rl_reply_error(const redisReply *reply, const char **why);
@@ -68,7 +68,7 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
     if (reply->type != REDIS_REPLY_ARRAY
         || reply->elements != RL_REPLY_PER_CHECK * n + 1)
     {
-        *why = "reply is not an array of 8 integers per check and the clock";
+        *why = "reply is not an array of 9 integers per check and the clock";
         return RL_REPLY_MALFORMED;
     }
 
@@ -133,14 +133,18 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
             return RL_REPLY_MALFORMED;
         }
 
-        /* the rule: not read, none, or one the admin endpoint could store */
+        /*
+         * the rule: not read, none, or one the admin endpoint could store;
+         * the time it stays in force only with a rule read (0: none ends)
+         */
 
-        if (!((v[5] == -1 && v[6] == -1 && v[7] == -1)
-              || (v[5] == 0 && v[6] == 0 && v[7] == 0)
+        if (!((v[5] == -1 && v[6] == -1 && v[7] == -1 && v[8] == -1)
+              || (v[5] == 0 && v[6] == 0 && v[7] == 0 && v[8] >= 0)
               || (v[5] >= 1 && v[5] <= RL_RULE_MAX_LIMIT
                   && v[6] >= RL_RULE_MIN_WINDOW && v[6] <= RL_RULE_MAX_WINDOW
                   && v[7] >= RL_RULE_ALGORITHM_NONE
-                  && v[7] <= RL_RULE_ALGORITHM_SLIDING_WINDOW)))
+                  && v[7] <= RL_RULE_ALGORITHM_SLIDING_WINDOW
+                  && v[8] >= 0)))
         {
             *why = "rule is neither not read, none, nor a rule in bounds";
             return RL_REPLY_MALFORMED;
@@ -165,6 +169,7 @@ rl_reply_decode_batch(const redisReply *reply, size_t n,
         res->rule_limit = v[5];
         res->rule_window = v[6];
         res->rule_algorithm = (int) v[7];
+        res->rule_ttl_ms = v[8];
     }
 
     if (resend && !named) {

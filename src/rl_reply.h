@@ -34,6 +34,13 @@ typedef struct {
     long long   rule_limit;
     long long   rule_window;
     int         rule_algorithm;
+
+    /*
+     * How long what was read stays true: -1 with a rule not read; 0 when
+     * it does not end by itself; else the ms until the rule read ends (its
+     * "expires_at"), when a rule behind it or none applies
+     */
+    long long   rule_ttl_ms;
 } rl_check_result_t;
 
 
@@ -53,9 +60,9 @@ typedef struct {
 
 
 /*
- * Decodes the reply of lua/check.lua for n checks: 8 integers per check
+ * Decodes the reply of lua/check.lua for n checks: 9 integers per check
  * {allowed, remaining, retry_ms, reset_ms, t_ms, rule_limit, rule_window,
- * rule_algorithm}, then now_ms, into results[0 .. n-1] (each with now_ms)
+ * rule_algorithm, rule_ttl_ms}, then now_ms, into results[0 .. n-1] (each with now_ms)
  * and *now_ms.  allowed RL_CHECK_LATE (the check's group ran after its
  * deadline, nothing counted) and RL_CHECK_RESEND (its group took nothing:
  * a rule read names another algorithm) are no error here: each check says
@@ -64,8 +71,9 @@ typedef struct {
  * or RL_REPLY_MALFORMED (wrong type or length, an element that is no
  * integer or out of its range: allowed not -2, -1, 0 or 1, a negative
  * number, an allowed check with a retry time, a denied one without, a
- * check run without its t; a rule neither -1 -1 -1, 0 0 0 nor a limit,
- * window and algorithm within the bounds of rl_rule.h; a reply with
+ * check run without its t; a rule neither -1 -1 -1 -1, 0 0 0 and a ttl
+ * nor a limit, window and algorithm within the bounds of rl_rule.h and a
+ * ttl; a reply with
  * checks to resend of which none carries a rule naming an algorithm);
  * then results and *now_ms are unspecified.
  */

@@ -76,6 +76,11 @@ static const char *rl_rule_algorithm_name(int algorithm);
 static const char *rl_rule_decode_number(const char *p, const char *last,
     long long max, long long *out);
 static size_t rl_rule_gen_done(yajl_gen g, int ok, char *buf, size_t size);
+static int rl_rule_expires(yajl_val v, int nul, long long *out,
+    rl_rule_error_t *err);
+static const char *rl_rule_digits(const char *p, const char *last, size_t n,
+    int *out);
+static long long rl_rule_days(long long y, int m, int d);
 
 
 int
@@ -285,8 +290,20 @@ rl_rule_encode(const rl_rule_t *rule, char *buf, size_t size)
         }
     }
 
-    n = snprintf(tmp, sizeof(tmp), "%lld %lld %s",
-                 rule->limit, rule->window, name);
+    if (rule->expires_at < 0 || rule->expires_at > RL_RULE_MAX_EXPIRES) {
+        return 0;
+    }
+
+    /* a rule that never expires keeps the form of earlier versions */
+
+    if (rule->expires_at) {
+        n = snprintf(tmp, sizeof(tmp), "%lld %lld %s %lld",
+                     rule->limit, rule->window, name, rule->expires_at);
+
+    } else {
+        n = snprintf(tmp, sizeof(tmp), "%lld %lld %s",
+                     rule->limit, rule->window, name);
+    }
 
     /* formatted aside, so that a short buf is left without half a rule */
 
@@ -305,11 +322,12 @@ rl_rule_decode(const char *s, size_t len, rl_rule_t *rule)
 {
     int          algorithm;
     size_t       rest;
-    long long    limit, window;
-    const char  *p, *last;
+    long long    limit, window, expires;
+    const char  *p, *last, *sp;
 
     p = s;
     last = s + len;
+    expires = 0;
 
     p = rl_rule_decode_number(p, last, RL_RULE_MAX_LIMIT, &limit);
     if (p == NULL || p == last || *p++ != ' ') {
@@ -319,6 +337,21 @@ rl_rule_decode(const char *s, size_t len, rl_rule_t *rule)
     p = rl_rule_decode_number(p, last, RL_RULE_MAX_WINDOW, &window);
     if (p == NULL || p == last || *p++ != ' ') {
         return -1;
+    }
+
+    /* " <epoch seconds>" after the algorithm: the rule expires */
+
+    sp = memchr(p, ' ', (size_t) (last - p));
+
+    if (sp != NULL) {
+        if (rl_rule_decode_number(sp + 1, last, RL_RULE_MAX_EXPIRES,
+                                  &expires)
+            != last)
+        {
+            return -1;
+        }
+
+        last = sp;
     }
 
     rest = (size_t) (last - p);
@@ -343,6 +376,7 @@ rl_rule_decode(const char *s, size_t len, rl_rule_t *rule)
     rule->limit = limit;
     rule->window = window;
     rule->algorithm = algorithm;
+    rule->expires_at = expires;
 
     return 0;
 }
@@ -351,24 +385,8 @@ rl_rule_decode(const char *s, size_t len, rl_rule_t *rule)
 size_t
 rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
 {
-    int          ok;
-    yajl_gen     g;
-    const char  *name;
-
-    if (rule->customer_id_len > RL_RULE_MAX_CUSTOMER_ID
-        || rule->policy_len > RL_RULE_MAX_POLICY)
-    {
-        return 0;
-    }
-
-    name = NULL;
-
-    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
-        name = rl_rule_algorithm_name(rule->algorithm);
-        if (name == NULL) {
-            return 0;
-        }
-    }
+    int       ok;
+    yajl_gen  g;
 
     g = yajl_gen_alloc(NULL);
     if (g == NULL) {
@@ -377,6 +395,44 @@ rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
 
     /* an answer that is not UTF-8 is no JSON: better none */
     yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+
+    ok = (rl_rule_gen(g, rule) == 0);
+
+    return rl_rule_gen_done(g, ok, buf, size);
+}
+
+
+int
+rl_rule_gen(yajl_gen g, const rl_rule_t *rule)
+{
+    int          ok;
+    char         when[32];
+    size_t       when_len;
+    const char  *name;
+
+    when_len = 0;
+
+    if (rule->expires_at) {
+        when_len = rl_rule_format_time(rule->expires_at, when, sizeof(when));
+        if (when_len == 0) {
+            return -1;
+        }
+    }
+
+    if (rule->customer_id_len > RL_RULE_MAX_CUSTOMER_ID
+        || rule->policy_len > RL_RULE_MAX_POLICY)
+    {
+        return -1;
+    }
+
+    name = NULL;
+
+    if (rule->algorithm != RL_RULE_ALGORITHM_NONE) {
+        name = rl_rule_algorithm_name(rule->algorithm);
+        if (name == NULL) {
+            return -1;
+        }
+    }
 
     ok = yajl_gen_map_open(g) == yajl_gen_status_ok
          && yajl_gen_string(g, (const unsigned char *) "customer_id", 11)
@@ -407,9 +463,187 @@ rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size)
                 == yajl_gen_status_ok;
     }
 
+    if (ok && when_len) {
+        ok = yajl_gen_string(g, (const unsigned char *) "expires_at", 10)
+             == yajl_gen_status_ok
+             && yajl_gen_string(g, (const unsigned char *) when, when_len)
+                == yajl_gen_status_ok;
+    }
+
     ok = ok && yajl_gen_map_close(g) == yajl_gen_status_ok;
 
-    return rl_rule_gen_done(g, ok, buf, size);
+    return ok ? 0 : -1;
+}
+
+
+int
+rl_rule_check_expiry(const rl_rule_t *rule, long long now,
+    rl_rule_error_t *err)
+{
+    char  when[32];
+
+    if (rule->expires_at == 0 || rule->expires_at > now) {
+        return 0;
+    }
+
+    if (rl_rule_format_time(rule->expires_at, when, sizeof(when)) == 0) {
+        when[0] = '\0';
+    }
+
+    return rl_rule_fail(err, "expires_at",
+                        "expires_at %s is not in the future: the rule would"
+                        " never apply", when);
+}
+
+
+/*
+ * date-time = full-date "T" full-time (RFC 3339, section 5.6):
+ * YYYY-MM-DD "T" HH:MM:SS [. digits] ("Z" | ("+" | "-") HH:MM)
+ */
+
+int
+rl_rule_parse_time(const char *s, size_t len, long long *epoch)
+{
+    int          year, month, day, hour, min, sec, oh, om, frac, mdays;
+    char         sign;
+    long long    t;
+    const char  *p, *last;
+
+    static const int  days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30,
+                                 31 };
+
+    p = s;
+    last = s + len;
+    frac = 0;
+
+    if ((p = rl_rule_digits(p, last, 4, &year)) == NULL
+        || p == last || *p++ != '-'
+        || (p = rl_rule_digits(p, last, 2, &month)) == NULL
+        || p == last || *p++ != '-'
+        || (p = rl_rule_digits(p, last, 2, &day)) == NULL
+        || p == last || (*p != 'T' && *p != 't')
+        || (p = rl_rule_digits(p + 1, last, 2, &hour)) == NULL
+        || p == last || *p++ != ':'
+        || (p = rl_rule_digits(p, last, 2, &min)) == NULL
+        || p == last || *p++ != ':'
+        || (p = rl_rule_digits(p, last, 2, &sec)) == NULL)
+    {
+        return -1;
+    }
+
+    if (p < last && *p == '.') {
+        p++;
+
+        if (p == last || *p < '0' || *p > '9') {
+            return -1;
+        }
+
+        while (p < last && *p >= '0' && *p <= '9') {
+            frac |= (*p++ != '0');
+        }
+    }
+
+    if (p == last) {
+        return -1;
+    }
+
+    oh = 0;
+    om = 0;
+
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+
+    } else if (*p == '+' || *p == '-') {
+        sign = *p;
+
+        if ((p = rl_rule_digits(p + 1, last, 2, &oh)) == NULL
+            || p == last || *p++ != ':'
+            || (p = rl_rule_digits(p, last, 2, &om)) == NULL
+            || oh > 23 || om > 59)
+        {
+            return -1;
+        }
+
+        if (sign == '-') {
+            oh = -oh;
+            om = -om;
+        }
+
+    } else {
+        return -1;
+    }
+
+    if (p != last) {
+        return -1;
+    }
+
+    mdays = 0;
+
+    if (month >= 1 && month <= 12) {
+        mdays = days[month - 1];
+
+        if (month == 2
+            && year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))
+        {
+            mdays = 29;
+        }
+    }
+
+    if (day < 1 || day > mdays || hour > 23 || min > 59 || sec > 60) {
+        return -1;
+    }
+
+    t = rl_rule_days(year, month, day) * 86400
+        + hour * 3600 + min * 60 + sec
+        - (long long) oh * 3600 - (long long) om * 60
+        + frac;
+
+    if (t < 1 || t > RL_RULE_MAX_EXPIRES) {
+        return -1;
+    }
+
+    *epoch = t;
+
+    return 0;
+}
+
+
+size_t
+rl_rule_format_time(long long epoch, char *buf, size_t size)
+{
+    int        n;
+    long long  days, secs, y, m, d, era, doe, yoe, doy, mp;
+
+    if (epoch < 0 || epoch > RL_RULE_MAX_EXPIRES) {
+        return 0;
+    }
+
+    days = epoch / 86400;
+    secs = epoch % 86400;
+
+    /*
+     * The civil date of a day count, in 400-year eras that start on March
+     * 1st, so that a leap day ends its year.
+     */
+
+    days += 719468;
+    era = days / 146097;
+    doe = days - era * 146097;
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    mp = (5 * doy + 2) / 153;
+    d = doy - (153 * mp + 2) / 5 + 1;
+    m = mp < 10 ? mp + 3 : mp - 9;
+    y = yoe + era * 400 + (m <= 2);
+
+    n = snprintf(buf, size, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lldZ",
+                 y, m, d, secs / 3600, secs / 60 % 60, secs % 60);
+
+    if (n < 0 || (size_t) n >= size) {
+        return 0;
+    }
+
+    return (size_t) n;
 }
 
 
@@ -547,7 +781,7 @@ rl_rule_fail_unknown(rl_rule_error_t *err, const unsigned char *name,
 
     n = snprintf(err->message, sizeof(err->message),
                  "unknown field \"%.*s%s\" (expected customer_id, policy,"
-                 " limit, window, algorithm)",
+                 " limit, window, algorithm, expires_at)",
                  (int) q, quoted, i < len ? "..." : "");
 
     if (n < 0 || (size_t) n + 1 + q + 1 > sizeof(err->message)) {
@@ -770,7 +1004,7 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
 {
     int          nul;
     size_t       i;
-    yajl_val     v, id, policy, limit, window, algorithm, *slot;
+    yajl_val     v, id, policy, limit, window, algorithm, expires, *slot;
     const char  *key, *field, *s;
 
     if (!YAJL_IS_OBJECT(root)) {
@@ -783,6 +1017,7 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
     limit = NULL;
     window = NULL;
     algorithm = NULL;
+    expires = NULL;
 
     for (i = 0; i < root->u.object.len; i++) {
         key = root->u.object.keys[i];
@@ -812,6 +1047,10 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
         } else if (strcmp(key, "algorithm") == 0) {
             field = "algorithm";
             slot = &algorithm;
+
+        } else if (strcmp(key, "expires_at") == 0) {
+            field = "expires_at";
+            slot = &expires;
 
         } else {
             return rl_rule_fail_unknown(err, (const unsigned char *) key,
@@ -906,6 +1145,11 @@ rl_rule_validate(yajl_val root, rl_rule_scan_t *scan, rl_rule_t *rule,
                                     " (seconds)%s",
                                     RL_RULE_MIN_WINDOW, RL_RULE_MAX_WINDOW,
                                     rl_rule_not(v, yajl_t_number));
+            }
+
+        } else if (slot == &expires) {
+            if (rl_rule_expires(v, nul, &rule->expires_at, err) != 0) {
+                return -1;
             }
 
         } else {
@@ -1098,4 +1342,85 @@ rl_rule_gen_done(yajl_gen g, int ok, char *buf, size_t size)
     yajl_gen_free(g);
 
     return len;
+}
+
+
+/*
+ * "expires_at": an RFC 3339 date-time, whole epoch seconds, or null (no
+ * expiry, as when the field is left out)
+ */
+
+static int
+rl_rule_expires(yajl_val v, int nul, long long *out, rl_rule_error_t *err)
+{
+    const char  *s;
+
+    if (YAJL_IS_NULL(v)) {
+        *out = 0;
+        return 0;
+    }
+
+    if (YAJL_IS_STRING(v)) {
+        s = YAJL_GET_STRING(v);
+
+        if (!nul && rl_rule_parse_time(s, strlen(s), out) == 0) {
+            return 0;
+        }
+
+        return rl_rule_fail(err, "expires_at",
+                            "expires_at must be an RFC 3339 date-time such"
+                            " as \"2026-12-01T00:00:00Z\" (a real date,"
+                            " up to the year 9999), or epoch seconds");
+    }
+
+    if (rl_rule_integer(v, 1, RL_RULE_MAX_EXPIRES, out) == 0) {
+        return 0;
+    }
+
+    return rl_rule_fail(err, "expires_at",
+                        "expires_at must be epoch seconds from 1 to %lld,"
+                        " or an RFC 3339 date-time%s",
+                        RL_RULE_MAX_EXPIRES, rl_rule_not(v, yajl_t_number));
+}
+
+
+/* exactly n digits */
+
+static const char *
+rl_rule_digits(const char *p, const char *last, size_t n, int *out)
+{
+    int  v;
+
+    if ((size_t) (last - p) < n) {
+        return NULL;
+    }
+
+    for (v = 0; n; n--, p++) {
+        if (*p < '0' || *p > '9') {
+            return NULL;
+        }
+
+        v = v * 10 + (*p - '0');
+    }
+
+    *out = v;
+
+    return p;
+}
+
+
+/* days from 1970-01-01 to a civil date, proleptic Gregorian */
+
+static long long
+rl_rule_days(long long y, int m, int d)
+{
+    long long  era, yoe, doy, doe;
+
+    y -= (m <= 2);
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+
+    return era * 146097 + doe - 719468;
 }

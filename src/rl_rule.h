@@ -13,6 +13,8 @@
 
 #include <stddef.h>
 
+#include <yajl/yajl_gen.h>
+
 
 #define RL_RULE_MAX_CUSTOMER_ID   256
 #define RL_RULE_MAX_POLICY        64       /* a policy's name */
@@ -20,6 +22,12 @@
 #define RL_RULE_MIN_WINDOW        1
 #define RL_RULE_MAX_WINDOW        86400
 #define RL_RULE_MAX_BODY          4096     /* larger bodies get 413 before parsing */
+
+/*
+ * An expiry is whole seconds since the epoch, from 1 (1970-01-01T00:00:01Z)
+ * to 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
+ */
+#define RL_RULE_MAX_EXPIRES       253402300799LL
 
 #define RL_RULE_ALGORITHM_NONE            0   /* not given: the location's own */
 #define RL_RULE_ALGORITHM_TOKEN_BUCKET    1
@@ -38,6 +46,7 @@ typedef struct {
     long long      limit;
     long long      window;      /* seconds */
     int            algorithm;   /* RL_RULE_ALGORITHM_* */
+    long long      expires;     /* epoch seconds, 0: never */
 } rl_limit_t;
 
 
@@ -55,6 +64,7 @@ typedef struct {
     long long      limit;
     long long      window;      /* seconds */
     int            algorithm;   /* RL_RULE_ALGORITHM_* */
+    long long      expires_at;  /* epoch seconds, 0: never */
 } rl_rule_t;
 
 
@@ -66,12 +76,15 @@ typedef struct {
 
 typedef struct {
     const char    *field;       /* the field at fault ("limit"), or NULL for the body as a whole */
-    char           message[160];
+    char           message[200];
 } rl_rule_error_t;
 
 
 /*
- * 0 and *rule filled, or -1 and *err says why; never both partly.  Bodies
+ * 0 and *rule filled, or -1 and *err says why; never both partly.
+ * "expires_at" is optional: an RFC 3339 date-time or whole epoch seconds
+ * (or null: none); whether it is in the past is for the caller to tell,
+ * with rl_rule_check_expiry().  Bodies
  * over RL_RULE_MAX_BODY are refused as a whole.  Strict JSON (RFC 8259): no
  * comments, no control characters but tab, CR and LF, nothing but
  * whitespace after the object.  "policy" is optional, a name as
@@ -99,8 +112,32 @@ int rl_rule_check_policy_name(const unsigned char *name, size_t len,
     rl_rule_error_t *err);
 
 /*
+ * An expiry at or before "now" (epoch seconds) would store a rule that never
+ * applies: 0, else -1 with err (field "expires_at").  No expiry is fine.
+ */
+int rl_rule_check_expiry(const rl_rule_t *rule, long long now,
+    rl_rule_error_t *err);
+
+/*
+ * RFC 3339 date-time ("2026-12-01T00:00:00Z", "2026-12-01T02:00:00.250+02:00",
+ * "T" and "Z" in either case) to epoch seconds, a fraction rounded up: the
+ * rule holds at least until the instant written.  0 and *epoch, or -1 when
+ * malformed, not a real date or time (February 30th, 24:00) or outside
+ * 1970-01-01T00:00:01Z .. RL_RULE_MAX_EXPIRES.  A leap second (:60) is the
+ * first second of the next minute.
+ */
+int rl_rule_parse_time(const char *s, size_t len, long long *epoch);
+
+/*
+ * Epoch seconds as RFC 3339 UTC, "2026-12-01T00:00:00Z", NUL-terminated
+ * into buf (21 bytes): the length, or 0 when out of range or too small.
+ */
+size_t rl_rule_format_time(long long epoch, char *buf, size_t size);
+
+/*
  * The form stored in Redis, e.g. "10000 60 token_bucket", "100 60 -" when
- * algorithm is NONE; NUL-terminated; returns length written (without NUL),
+ * algorithm is NONE, with " <epoch seconds>" after it when the rule
+ * expires; NUL-terminated; returns length written (without NUL),
  * or 0 if size is too small (or the rule is out of range).
  */
 size_t rl_rule_encode(const rl_rule_t *rule, char *buf, size_t size);
@@ -114,11 +151,15 @@ int rl_rule_decode(const char *s, size_t len, rl_rule_t *rule);
 
 /*
  * {"customer_id":"acme","policy":"burst","limit":10000,"window":60,
- * "algorithm":"token_bucket"} ("policy" omitted when policy_len is 0,
- * "algorithm" when NONE) + "\n", NUL-terminated; length (without NUL), or 0
+ * "algorithm":"token_bucket","expires_at":"2026-12-01T00:00:00Z"} ("policy"
+ * omitted when policy_len is 0, "algorithm" when NONE, "expires_at" when
+ * 0) + "\n", NUL-terminated; length (without NUL), or 0
  * if size too small (or customer_id or policy is not valid UTF-8).
  */
 size_t rl_rule_to_json(const rl_rule_t *rule, char *buf, size_t size);
+
+/* the same object into a generator (of a list): 0, or -1 */
+int rl_rule_gen(yajl_gen g, const rl_rule_t *rule);
 
 /*
  * {"error":"<message>","field":"limit"} (or "field":null) + "\n",

@@ -52,7 +52,8 @@ for my $script (sort keys %body) {
 
 # Several checks in one call, each a hash {key, alg, limit, window, group,
 # deadline, cost, mode, field, pfield}: (a list of [allowed, remaining,
-# retry, reset, t, rule_limit, rule_window, rule_algorithm], now).
+# retry, reset, t, rule_limit, rule_window, rule_algorithm, rule_ttl],
+# now).
 sub rchecks {
     my @c = @_;
     my @res = $r->evalsha($sha{check}, scalar @c, (map { $_->{key} } @c),
@@ -60,18 +61,19 @@ sub rchecks {
                $_->{limit}, $_->{window}, $_->{cost} // 1, $_->{mode} // 0,
                $_->{field} // '', $_->{pfield} // '') }
             @c);
-    die 'reply of ' . @res . ' for ' . @c . " checks\n" unless @res == 8 * @c + 1;
+    die 'reply of ' . @res . ' for ' . @c . " checks\n" unless @res == 9 * @c + 1;
     my $now = pop @res;
-    return ([map { [@res[8 * $_ .. 8 * $_ + 7]] } 0 .. $#c], $now);
+    return ([map { [@res[9 * $_ .. 9 * $_ + 8]] } 0 .. $#c], $now);
 }
 
 # The same without rule fields: (a list of [allowed, remaining, retry,
-# reset, t], now); every check must say its rule was not read (-1, -1, -1).
+# reset, t], now); every check must say its rule was not read (-1, -1, -1,
+# -1).
 sub checks {
     my ($res, $now) = rchecks(@_);
     for my $c (@$res) {
         my @rule = splice @$c, 5;
-        die "rule fields @rule without a field\n" if "@rule" ne '-1 -1 -1';
+        die "rule fields @rule without a field\n" if "@rule" ne '-1 -1 -1 -1';
     }
     return ($res, $now);
 }
@@ -802,8 +804,8 @@ for my $case (['tb', 'banana'], ['tb', 'x' x 24], ['tb', 'x' x 25],
     my @n = (1024, (map { "tb:k1024:$_" } 1 .. 1024),
              map { ($_, 0, 'tb', 1, 1000, 1, 0, '', '') } 1 .. 1024);
     my @res = $r->evalsha($sha{check}, @n);
-    is scalar(@res), 8 * 1024 + 1, '1024 checks: 8193 numbers';
-    is scalar(grep { $res[8 * $_] == 1 } 0 .. 1023), 1024, '1024 checks: all allowed';
+    is scalar(@res), 9 * 1024 + 1, '1024 checks: 9217 numbers';
+    is scalar(grep { $res[9 * $_] == 1 } 0 .. 1023), 1024, '1024 checks: all allowed';
 }
 
 # After a NOSCRIPT (script cache flushed), EVAL of the body does the same.
@@ -873,7 +875,7 @@ for my $alg (qw(tb sw)) {
             my @res = $c->evalsha($sha{check}, 2, $k50, $k30,
                                   $i, 0, $alg, 50, 86400000, 1, 0, '', '',
                                   $i, 0, $alg, 30, 86400000, 1, 0, '', '');
-            $ok++ if $res[0] == 1 && $res[8] == 1;
+            $ok++ if $res[0] == 1 && $res[9] == 1;
         }
         return $ok;
     });
@@ -895,8 +897,8 @@ for my $alg (qw(tb sw)) {
     $r->del($key);
     my $t0 = now_ms();
     my @raw = $r->evalsha($sha{check}, 1, $key, 1, $t0 - 1, $alg, 5, 60000, 1, 0, '', '');
-    is scalar @raw, 9, "$alg: a late check answers 9 elements";
-    is_deeply [@raw[5 .. 7]], [-1, -1, -1], "$alg: ... its rule not read";
+    is scalar @raw, 10, "$alg: a late check answers 10 elements";
+    is_deeply [@raw[5 .. 8]], [-1, -1, -1, -1], "$alg: ... its rule not read";
     my @late = call($alg, $key, 5, 60000, deadline => $t0 - 1);
     is_deeply [@late[0 .. 4]], [-1, 0, 0, 0, 0], "$alg: a check past its deadline is refused with -1";
     cmp_ok $late[5], '>=', $t0, "$alg: ... and tells the server's clock";
@@ -1110,6 +1112,67 @@ my $US = "\x1f";
     is_deeply [map { $res->[@none + $_][0] } 0 .. $#rules], [1, 1, 1, 1, -2, 1],
         'each decided with its rule, the sliding window one sent back';
     is rule_of($res->[-1]) . " $res->[-1][1]", '20 60 0 19', "a garbled policy rule: the customer's";
+}
+
+# Rules that expire ("<stamp> <limit> <window> <algorithm> <epoch s>"): in
+# force until the server's clock reaches the expiry, with the ms left as
+# the answer's ttl; then no rule: an expired policy rule falls back to the
+# customer's, whose own expiry (or none: ttl 0) the answer then carries.
+# Expiries not in the exact form, or past 9999, are garbled: no rule.
+{
+    my $now = now_ms();
+    my $s = int($now / 1000);
+    $r->del('rl:rules');
+    $r->hset('rl:rules',
+             'e1', '1 7 60 - ' . ($s + 100),
+             'e2', '1 7 60 - ' . ($s - 1),
+             'e3', '1 8 60 -', "e3${US}p", '2 ~3 60 - ' . ($s - 5),
+             'e4', '1 9 60 - ' . ($s + 50), "e4${US}p", '2 3 60 - ' . ($s + 20),
+             'e5', '1 9 60 - ' . ($s + 50), "e5${US}p", '2 3 60 - ' . ($s - 20),
+             'e6', '1 6 60 token_bucket 253402300799',
+             'g1', '1 7 60 - 0', 'g2', '1 7 60 - 01', 'g3', '1 7 60 - 253402300800',
+             'g4', '1 7 60 - 1 2', 'g5', '1 7 60 -  ' . ($s + 100), 'g6', '1 7 60 - x',
+             'g7', '1 7 60 - ' . ($s + 100) . ' ');
+    my @c = (['e1', ''], ['e2', ''], ['e3', "e3${US}p"], ['e4', "e4${US}p"],
+             ['e5', "e5${US}p"], ['e6', ''], map { ["g$_", ''] } 1 .. 7);
+    my $i = 0;
+    my @checks = map { { key => 'tb:exp:' . ++$i, alg => 'tb', limit => 50, window => 1000,
+                         group => $i, field => $_->[0], pfield => $_->[1] } } @c;
+    $r->del(map { $_->{key} } @checks);
+    my ($res, $t) = rchecks(@checks);
+    my $left = sub { $_[0] * 1000 - $t };
+    is rule_of($res->[0]), '7 60 0', 'a rule expiring in 100 s is in force';
+    is $res->[0][8], $left->($s + 100), '... for exactly the ms left to its expiry';
+    is $res->[0][1], 6, '... and decides: 6 of 7';
+    is rule_of($res->[1]) . " $res->[1][8] $res->[1][1]", '0 0 0 0 49',
+        'an expired rule is no rule, for good: the default decides';
+    is rule_of($res->[2]) . " $res->[2][8]", '8 60 0 0',
+        "an expired policy rule (undone form): the customer's, for good";
+    is rule_of($res->[3]) . " $res->[3][8]", '3 60 0 ' . $left->($s + 20),
+        "a policy rule in force: until its own expiry, not the customer's";
+    is rule_of($res->[4]) . " $res->[4][8]", '9 60 0 ' . $left->($s + 50),
+        "an expired policy rule: the customer's, until the customer's expiry";
+    is rule_of($res->[5]) . " $res->[5][8]", '6 60 1 ' . $left->(253402300799),
+        'the last second of 9999 is a valid expiry';
+    for my $j (6 .. 12) {
+        my $v = $r->hget('rl:rules', $c[$j][0]);
+        is rule_of($res->[$j]) . " $res->[$j][8] $res->[$j][1]", '0 0 0 0 49',
+            "'$v' is garbled: no rule";
+    }
+
+    # at the second of the expiry, the same rule is no longer read
+    my $at = int(now_ms() / 1000) + 2;
+    $r->hset('rl:rules', 'soon', '1 4 60 - ' . $at);
+    $r->del('sw:exp:soon1', 'sw:exp:soon2');
+    sleep_until($at * 1000 - 300);
+    ($res) = rchecks({ key => 'sw:exp:soon1', alg => 'sw', limit => 50, window => 1000,
+                       field => 'soon' });
+    is rule_of($res->[0]) . " $res->[0][1]", '4 60 0 3', 'just before its expiry: the rule';
+    cmp_ok $res->[0][8], '<=', 300, '... for at most 300 ms more';
+    sleep_until($at * 1000);
+    ($res) = rchecks({ key => 'sw:exp:soon2', alg => 'sw', limit => 50, window => 1000,
+                       field => 'soon' });
+    is rule_of($res->[0]) . " $res->[0][1]", '0 0 0 49', 'at its expiry: the default';
 }
 
 # A rule without an algorithm keeps the one passed; a rule naming the one

@@ -215,7 +215,7 @@ subtest 'bad input: 400 naming the field, and nothing changes' => sub {
     is $r->{status}, 415, 'not application/json: 415';
     $r = admin($a, 'POST', '', { customer_id => $id, limit => 5, window => 60 });
     is $r->{status}, 405, 'POST: 405';
-    is $r->{headers}{allow}, 'PUT', 'with Allow';
+    is $r->{headers}{allow}, 'GET, HEAD, PUT', 'with Allow (GET: the list)';
     $r = admin($a, 'PUT', "/$id", { customer_id => $id, limit => 5, window => 60 });
     is $r->{status}, 405, 'PUT on a customer: 405';
     is $r->{headers}{allow}, 'GET, HEAD, DELETE', 'with Allow';

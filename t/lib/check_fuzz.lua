@@ -344,9 +344,10 @@ local function single(round)
     where = where .. ' ' .. show(res)
     local post = d
     local a, r, retry, reset, t, now = res[1], res[2], res[3], res[4], res[5],
-                                       res[9]
+                                       res[10]
     if now ~= T then fail('now ' .. s(now)) end
-    if #res ~= 9 or res[6] ~= -1 or res[7] ~= -1 or res[8] ~= -1 then
+    if #res ~= 10 or res[6] ~= -1 or res[7] ~= -1 or res[8] ~= -1
+            or res[9] ~= -1 then
         fail('rule fields empty, yet the rule says read')
     end
     if a ~= 0 and a ~= 1 then fail('allowed') return end
@@ -457,7 +458,7 @@ end
 -- read it, a byte at a time as they do: limit, window (s), algorithm, or
 -- nil for no rule (absent, deleted, garbled).  The bounds are those of
 -- src/rl_rule.h.
-local function c_rule(v)
+local function c_rule(v, T)
     if not v then return nil end
     local byte, len, p = string.byte, #v, 1
     local function digit(at)
@@ -494,10 +495,24 @@ local function c_rule(v)
     if not window or p > len or byte(v, p) ~= 32 then return nil end
     p = p + 1
     local rest = string.sub(v, p)
+    -- an expiry after the algorithm: epoch seconds, no leading zero, up to
+    -- 9999-12-31T23:59:59Z; the rule is none once the clock reaches it
+    local ttl = 0
+    local sp = string.find(rest, ' ', 1, true)
+    if sp then
+        local ex = string.sub(rest, sp + 1)
+        rest = string.sub(rest, 1, sp - 1)
+        if not string.find(ex, '^[1-9]%d*$') or #ex > 12
+                or ex + 0 > 253402300799 then
+            return nil
+        end
+        ttl = ex * 1000 - T
+        if ttl <= 0 then return nil end
+    end
     local alg = rest == '-' and 0 or rest == 'token_bucket' and 1
                 or rest == 'sliding_window' and 2
     if not alg then return nil end
-    return limit, window, alg
+    return limit, window, alg, ttl
 end
 
 -- A value for rl:rules: rules (some undone back to), deleted, garbled,
@@ -509,6 +524,15 @@ local function pick_rule_value()
     local A = random(1, 2) == 1 and '-'
               or random(1, 2) == 1 and 'token_bucket' or 'sliding_window'
     local body = s(L) .. ' ' .. s(W) .. ' ' .. A
+    -- an expiry about the fake clock's (1700000000 s and up to 100000 s
+    -- on): passed, ahead, or garbled
+    local e = random(1, 6)
+    if e == 1 then
+        body = body .. ' ' .. s(1700000000 + random(-10, 100010))
+    elseif e == 2 then
+        local odd = {'0', '01', '253402300800', '1 2', '', 'x', '253402300799'}
+        body = body .. ' ' .. odd[random(1, #odd)]
+    end
     local r = random(1, 20)
     if r <= 8 then
         return stamp .. ' ' .. body
@@ -611,7 +635,7 @@ local function groups(round)
     local res = on(d, check_body, ks, argv)
     local got_reads = reads
     if not res then return end
-    if #res ~= 8 * #plan + 1 then fail('reply of ' .. #res) return end
+    if #res ~= 9 * #plan + 1 then fail('reply of ' .. #res) return end
 
     -- the rules, as the C side reads them: the policy's if it is a rule,
     -- else the customer's; and the reads the call should make, one per
@@ -619,12 +643,12 @@ local function groups(round)
     local h = pre.keys['rl:rules'] and pre.keys['rl:rules'].v or {}
     local want_reads, pairs_seen = {HGET = 0, HMGET = 0}, {}
     for _, p in ipairs(plan) do
-        p.rule = {-1, -1, -1}
+        p.rule = {-1, -1, -1, -1}
         if p.f ~= '' and not p.late then
-            local l, w, a
-            if p.pf ~= '' then l, w, a = c_rule(h[p.pf]) end
-            if not l then l, w, a = c_rule(h[p.f]) end
-            p.rule = l and {l, w, a} or {0, 0, 0}
+            local l, w, a, ttl
+            if p.pf ~= '' then l, w, a, ttl = c_rule(h[p.pf], T) end
+            if not l then l, w, a, ttl = c_rule(h[p.f], T) end
+            p.rule = l and {l, w, a, ttl} or {0, 0, 0, 0}
             local pair = p.f .. '|' .. p.pf
             if not pairs_seen[pair] then
                 pairs_seen[pair] = true
@@ -683,8 +707,9 @@ local function groups(round)
             end
         end
         for x = i, j do
-            want[x][6], want[x][7], want[x][8] =
-                plan[x].rule[1], plan[x].rule[2], plan[x].rule[3]
+            want[x][6], want[x][7], want[x][8], want[x][9] =
+                plan[x].rule[1], plan[x].rule[2], plan[x].rule[3],
+                plan[x].rule[4]
         end
         i = j + 1
     end
@@ -702,17 +727,17 @@ local function groups(round)
         return table.concat(p, '; ')
     end
     for x = 1, #plan do
-        for f = 1, 8 do
-            if res[8 * x - 8 + f] ~= want[x][f] then
+        for f = 1, 9 do
+            if res[9 * x - 9 + f] ~= want[x][f] then
                 local got = {}
-                for y = 1, 8 do got[y] = res[8 * x - 8 + y] end
+                for y = 1, 9 do got[y] = res[9 * x - 9 + y] end
                 fail(string.format('check %d: %s, single calls say %s | %s',
-                    x, show(got), show({unpack(want[x], 1, 8)}), show_plan()))
+                    x, show(got), show({unpack(want[x], 1, 9)}), show_plan()))
                 break
             end
         end
     end
-    if res[8 * #plan + 1] ~= T then fail('now') end
+    if res[9 * #plan + 1] ~= T then fail('now') end
     for _, k in ipairs(keys) do
         if not same_key(ref, d, k) then
             fail('key ' .. k .. ' differs: ' .. dump(ref, k) .. ' vs '

@@ -145,15 +145,27 @@ decode_ints(const long long *v, size_t n, size_t checks,
 }
 
 
-/* one check {a, r, retry, reset, t, rule...} and the clock 1 */
+/* one check {a, r, retry, reset, t, rule..., ttl} and the clock 1 */
+
+static int
+one_ttl(long long a, long long r, long long retry, long long reset,
+    long long t, long long rl, long long rw, long long ra, long long ttl,
+    rl_check_result_t *res)
+{
+    long long  now, v[10] = { a, r, retry, reset, t, rl, rw, ra, ttl, 1 };
+
+    return decode_ints(v, 10, 1, res, &now);
+}
+
+
+/* the same with the ttl of a rule not read (-1), else of one that stays */
 
 static int
 one(long long a, long long r, long long retry, long long reset, long long t,
     long long rl, long long rw, long long ra, rl_check_result_t *res)
 {
-    long long  now, v[9] = { a, r, retry, reset, t, rl, rw, ra, 1 };
-
-    return decode_ints(v, 9, 1, res, &now);
+    return one_ttl(a, r, retry, reset, t, rl, rw, ra, rl == -1 ? -1 : 0,
+                   res);
 }
 
 
@@ -165,20 +177,21 @@ batch_of(size_t n, size_t elements, long long now, rl_check_result_t *res)
 {
     int          rc;
     size_t       i;
-    long long    v[8 * 1100 + 1], got;
+    long long    v[9 * 1100 + 1], got;
 
     for (i = 0; i < n; i++) {
-        v[8 * i] = 1;
-        v[8 * i + 1] = (long long) i;
-        v[8 * i + 2] = 0;
-        v[8 * i + 3] = 1000 + (long long) i;
-        v[8 * i + 4] = 1 + (long long) i;
-        v[8 * i + 5] = 1 + (long long) i;
-        v[8 * i + 6] = 60;
-        v[8 * i + 7] = (long long) (i % 3);
+        v[9 * i] = 1;
+        v[9 * i + 1] = (long long) i;
+        v[9 * i + 2] = 0;
+        v[9 * i + 3] = 1000 + (long long) i;
+        v[9 * i + 4] = 1 + (long long) i;
+        v[9 * i + 5] = 1 + (long long) i;
+        v[9 * i + 6] = 60;
+        v[9 * i + 7] = (long long) (i % 3);
+        v[9 * i + 8] = (long long) i;
     }
 
-    v[8 * n] = now;
+    v[9 * n] = now;
 
     rc = decode_ints(v, elements, n, res, &got);
 
@@ -198,42 +211,47 @@ main(void)
     const char         *why = NULL;
     rl_check_result_t   b[1100];
 
-    printf("1..82\n");
+    printf("1..88\n");
 
-    /* check.lua: 8 per check, then the clock */
+    /* check.lua: 9 per check, then the clock */
 
     memset(b, 0, sizeof(b));
-    ok(decode_batch("*9\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n"
+    ok(decode_batch("*10\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n"
                     ":1764340000123\r\n", 1, b, &now, &why) == RL_REPLY_OK,
        "batch: one allowed check decodes");
     ok(b[0].allowed == 1 && b[0].remaining == 4 && b[0].retry_after_ms == 0
        && b[0].reset_ms == 600 && b[0].t_ms == 400,
        "batch: its five numbers");
     ok(b[0].rule_limit == -1 && b[0].rule_window == -1
-       && b[0].rule_algorithm == -1, "batch: its rule not read: -1 -1 -1");
+       && b[0].rule_algorithm == -1 && b[0].rule_ttl_ms == -1,
+       "batch: its rule not read: -1 -1 -1 -1");
     ok(now == 1764340000123LL && b[0].now_ms == 1764340000123LL,
        "batch: the clock, in the call's and the check's");
 
-    ok(decode_batch("*25\r\n"
+    ok(decode_batch("*28\r\n"
                     ":1\r\n:9\r\n:0\r\n:100\r\n:100\r\n:-1\r\n:-1\r\n:-1\r\n"
+                    ":-1\r\n"
                     ":0\r\n:3\r\n:1500\r\n:60000\r\n:1500\r\n"
-                    ":10\r\n:60\r\n:1\r\n"
+                    ":10\r\n:60\r\n:1\r\n:2500\r\n"
                     ":-1\r\n:0\r\n:0\r\n:0\r\n:0\r\n:-1\r\n:-1\r\n:-1\r\n"
+                    ":-1\r\n"
                     ":42\r\n", 3, b, &now, &why) == RL_REPLY_OK,
        "batch: allowed, denied, not run: decodes");
     ok(b[1].allowed == 0 && b[1].remaining == 3 && b[1].retry_after_ms == 1500
        && b[1].reset_ms == 60000 && b[1].t_ms == 1500,
        "batch: the denied check's numbers (remaining may be > 0)");
     ok(b[1].rule_limit == 10 && b[1].rule_window == 60
-       && b[1].rule_algorithm == RL_RULE_ALGORITHM_TOKEN_BUCKET,
-       "batch: the denied check's rule, read: 10 per 60 s, token bucket");
+       && b[1].rule_algorithm == RL_RULE_ALGORITHM_TOKEN_BUCKET
+       && b[1].rule_ttl_ms == 2500,
+       "batch: the denied check's rule, read: 10 per 60 s, token bucket, for"
+       " 2.5 s more");
     ok(b[2].allowed == RL_CHECK_LATE, "batch: a check not run is -1, no error");
     ok(b[0].remaining == 9 && b[0].now_ms == 42 && b[1].now_ms == 42
        && b[2].now_ms == 42 && now == 42,
        "batch: every check gets the clock");
-    ok(decode_batch("*9\r\n:-1\r\n:5\r\n:5\r\n:5\r\n:5\r\n:-1\r\n:-1\r\n:-1\r\n"
-                    ":1\r\n", 1, b, &now, &why) == RL_REPLY_OK
+    ok(decode_batch("*10\r\n:-1\r\n:5\r\n:5\r\n:5\r\n:5\r\n:-1\r\n:-1\r\n:-1\r\n"
+                    ":-1\r\n:1\r\n", 1, b, &now, &why) == RL_REPLY_OK
        && b[0].allowed == -1,
        "batch: what a check not run says beside -1 is not judged");
 
@@ -277,6 +295,17 @@ main(void)
        "rule: -2 is malformed");
     ok(one(-1, 0, 0, 0, 0, 5, 60, 7, b) == RL_REPLY_MALFORMED,
        "rule: judged for a check not run too");
+    ok(one_ttl(1, 4, 0, 600, 400, 100, 60, 0, 86400000, b) == RL_REPLY_OK
+       && b[0].rule_ttl_ms == 86400000, "rule: with the time it holds");
+    ok(one_ttl(1, 4, 0, 600, 400, 0, 0, 0, 5, b) == RL_REPLY_OK
+       && b[0].rule_limit == 0 && b[0].rule_ttl_ms == 5,
+       "rule: none may carry a ttl");
+    ok(one_ttl(1, 4, 0, 600, 400, 100, 60, 0, -1, b) == RL_REPLY_MALFORMED,
+       "rule: a rule read with ttl -1 is malformed");
+    ok(one_ttl(1, 4, 0, 600, 400, -1, -1, -1, 0, b) == RL_REPLY_MALFORMED,
+       "rule: not read with a ttl is malformed");
+    ok(one_ttl(1, 4, 0, 600, 400, 100, 60, 0, -2, b) == RL_REPLY_MALFORMED,
+       "rule: ttl -2 is malformed");
 
     /* resend */
 
@@ -296,13 +325,13 @@ main(void)
        "resend: allowed -3 is malformed");
     {
         /* a group of three sent back by its second check, then one run */
-        long long  v[33] = { -2, 0, 0, 0, 0, -1, -1, -1,
-                             -2, 0, 0, 0, 0, 9, 30, 1,
-                             -2, 0, 0, 0, 0, 0, 0, 0,
-                             1, 2, 0, 10, 20, 5, 60, 0,
+        long long  v[37] = { -2, 0, 0, 0, 0, -1, -1, -1, -1,
+                             -2, 0, 0, 0, 0, 9, 30, 1, 0,
+                             -2, 0, 0, 0, 0, 0, 0, 0, 0,
+                             1, 2, 0, 10, 20, 5, 60, 0, 0,
                              77 };
 
-        ok(decode_ints(v, 33, 4, b, &now) == RL_REPLY_OK
+        ok(decode_ints(v, 37, 4, b, &now) == RL_REPLY_OK
            && b[0].allowed == -2 && b[0].rule_limit == -1
            && b[1].allowed == -2 && b[1].rule_limit == 9
            && b[1].rule_window == 30 && b[1].rule_algorithm == 1
@@ -311,8 +340,8 @@ main(void)
            && b[3].rule_limit == 5 && now == 77,
            "resend: a group's checks all -2, one naming the algorithm; the "
            "next group run");
-        v[15] = 0;
-        ok(decode_ints(v, 33, 4, b, &now) == RL_REPLY_MALFORMED,
+        v[16] = 0;
+        ok(decode_ints(v, 37, 4, b, &now) == RL_REPLY_MALFORMED,
            "resend: ... and none naming it is malformed");
     }
 
@@ -330,16 +359,20 @@ main(void)
 
     ok(rl_reply_decode_batch(NULL, 1, b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: no reply is malformed");
-    ok(decode_batch("*9\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n:1\r\n", 2,
+    ok(decode_batch("*10\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n:1\r\n", 2,
                     b, &now, &why) == RL_REPLY_MALFORMED,
-       "batch: 9 elements for 2 checks are malformed");
-    ok(decode_batch("*8\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n", 1,
+       "batch: 10 elements for 2 checks are malformed");
+    ok(decode_batch("*9\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n", 1,
                     b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: without the clock malformed");
-    ok(decode_batch("*10\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n:1\r\n:1\r\n", 1,
+    ok(decode_batch("*9\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
+                    b, &now, &why) == RL_REPLY_MALFORMED,
+       "batch: the 8 per check of before expiries are malformed");
+    ok(decode_batch("*11\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n:1\r\n:1\r\n", 1,
                     b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: one element more is malformed");
     ok(decode_batch("*6\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n:1\r\n", 1,
@@ -353,29 +386,29 @@ main(void)
        "batch: a nil reply is malformed");
     ok(decode_batch(":1\r\n", 1, b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: an integer reply is malformed");
-    ok(decode_batch("*9\r\n:1\r\n$1\r\n4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
+    ok(decode_batch("*10\r\n:1\r\n$1\r\n4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
                     b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: a string element is malformed");
-    ok(decode_batch("*9\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n$2\r\n-1\r\n:-1\r\n:1\r\n", 1,
+    ok(decode_batch("*10\r\n:1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n$2\r\n-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
                     b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: a string in the rule is malformed");
-    ok(decode_batch("*9\r\n:1\r\n*1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
+    ok(decode_batch("*10\r\n:1\r\n*1\r\n:4\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
                     b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: an array element is malformed");
-    ok(decode_batch("*9\r\n:1\r\n$-1\r\n:0\r\n:600\r\n:400\r\n"
-                    ":-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
+    ok(decode_batch("*10\r\n:1\r\n$-1\r\n:0\r\n:600\r\n:400\r\n"
+                    ":-1\r\n:-1\r\n:-1\r\n:-1\r\n:1\r\n", 1,
                     b, &now, &why) == RL_REPLY_MALFORMED,
        "batch: a nil element is malformed");
     ok(one(2, 4, 0, 600, 400, -1, -1, -1, b) == RL_REPLY_MALFORMED,
        "batch: allowed 2 is malformed");
     {
-        long long  v[17] = { 1, 4, 0, 600, 400, -1, -1, -1,
-                             3, 4, 0, 600, 400, -1, -1, -1, 1 };
+        long long  v[19] = { 1, 4, 0, 600, 400, -1, -1, -1, -1,
+                             3, 4, 0, 600, 400, -1, -1, -1, -1, 1 };
 
-        ok(decode_ints(v, 17, 2, b, &now) == RL_REPLY_MALFORMED,
+        ok(decode_ints(v, 19, 2, b, &now) == RL_REPLY_MALFORMED,
            "batch: allowed 3 in the second check is malformed");
     }
     ok(one(1, -4, 0, 600, 400, -1, -1, -1, b) == RL_REPLY_MALFORMED,
@@ -387,9 +420,9 @@ main(void)
     ok(one(1, 4, 0, 600, -400, -1, -1, -1, b) == RL_REPLY_MALFORMED,
        "batch: a negative t is malformed");
     {
-        long long  v[9] = { 1, 4, 0, 600, 400, -1, -1, -1, -1 };
+        long long  v[10] = { 1, 4, 0, 600, 400, -1, -1, -1, -1, -1 };
 
-        ok(decode_ints(v, 9, 1, b, &now) == RL_REPLY_MALFORMED,
+        ok(decode_ints(v, 10, 1, b, &now) == RL_REPLY_MALFORMED,
            "batch: a negative clock is malformed (-1 is only for allowed and"
            " the rule)");
     }
@@ -404,22 +437,23 @@ main(void)
     ok(one(1, 4, 0, 600, 0, -1, -1, -1, b) == RL_REPLY_MALFORMED,
        "batch: a check run with t 0 is malformed");
 
-    ok(batch_of(1024, 8 * 1024 + 1, 7, b) == RL_REPLY_OK,
+    ok(batch_of(1024, 9 * 1024 + 1, 7, b) == RL_REPLY_OK,
        "batch: 1024 checks decode");
     for (i = 0; i < 1024; i++) {
         if (b[i].allowed != 1 || b[i].remaining != (long long) i
             || b[i].reset_ms != 1000 + (long long) i
             || b[i].t_ms != 1 + (long long) i || b[i].now_ms != 7
             || b[i].rule_limit != 1 + (long long) i || b[i].rule_window != 60
-            || b[i].rule_algorithm != (int) (i % 3))
+            || b[i].rule_algorithm != (int) (i % 3)
+            || b[i].rule_ttl_ms != (long long) i)
         {
             break;
         }
     }
     ok(i == 1024, "batch: each of the 1024 in its place");
-    ok(batch_of(1025, 8 * 1025 + 1, 7, b) == RL_REPLY_MALFORMED,
+    ok(batch_of(1025, 9 * 1025 + 1, 7, b) == RL_REPLY_MALFORMED,
        "batch: 1025 checks are more than a call has");
-    ok(batch_of(3, 8 * 3, 7, b) == RL_REPLY_MALFORMED,
+    ok(batch_of(3, 9 * 3, 7, b) == RL_REPLY_MALFORMED,
        "batch: 3 checks without the clock are malformed");
 
     /* refund.lua: {refunded, now_ms} */

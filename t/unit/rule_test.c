@@ -949,7 +949,8 @@ test_policy(void)
         "field \"policy\" is given more than once", "policy twice");
     bad("{\"customer_id\":\"acme\",\"Policy\":\"a\",\"limit\":100,"
         "\"window\":60}", "Policy",
-        "(expected customer_id, policy, limit, window, algorithm)",
+        "(expected customer_id, policy, limit, window, algorithm,"
+        " expires_at)",
         "an unknown field: policy is among those expected");
     bad("{\"policy\":\"burst\",\"limit\":100,\"window\":60}", "customer_id",
         "customer_id is required", "a policy without a customer");
@@ -1303,9 +1304,252 @@ test_json_out(void)
     n = rl_rule_error_json(&copy, buf, sizeof(buf));
     ok(n > 0 && strcmp(buf, "{\"error\":\"unknown field \\\"x\\\"y\\\""
                             " (expected customer_id, policy, limit, window,"
-                            " algorithm)\",\"field\":\"x\\\"y\"}\n") == 0,
+                            " algorithm, expires_at)\",\"field\":"
+                            "\"x\\\"y\"}\n") == 0,
        "error_json of an unknown field, escaped");
     printf("#   %s", buf);
+}
+
+
+static void
+test_time(void)
+{
+    char         buf[64], title[160];
+    size_t       i, n;
+    long long    t;
+    static const struct {
+        const char  *text;
+        long long    epoch;
+    } good[] = {
+        { "1970-01-01T00:00:01Z", 1 },
+        { "2026-12-01T00:00:00Z", 1796083200 },
+        { "2026-12-01t00:00:00z", 1796083200 },
+        { "2026-12-01T02:00:00+02:00", 1796083200 },
+        { "2026-11-30T19:30:00-04:30", 1796083200 },
+        { "2026-11-30T23:59:59.001Z", 1796083200 },
+        { "2026-12-01T00:00:00.000000Z", 1796083200 },
+        { "2026-11-30T23:59:59.5+00:00", 1796083200 },
+        { "2024-02-29T12:00:00Z", 1709208000 },
+        { "2000-02-29T00:00:00Z", 951782400 },
+        { "2016-12-31T23:59:60Z", 1483228800 },
+        { "9999-12-31T23:59:59Z", RL_RULE_MAX_EXPIRES },
+    };
+    static const char  *bad[] = {
+        "", "2026-12-01", "2026-12-01T00:00Z", "2026-12-01T00:00:00",
+        "2026-12-01 00:00:00Z", "2026-12-1T00:00:00Z", "26-12-01T00:00:00Z",
+        "2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z",
+        "2026-02-29T00:00:00Z", "1900-02-29T00:00:00Z",
+        "2026-04-31T00:00:00Z", "2026-12-00T00:00:00Z",
+        "2026-12-01T24:00:00Z", "2026-12-01T23:60:00Z",
+        "2026-12-01T23:59:61Z", "2026-12-01T00:00:00.Z",
+        "2026-12-01T00:00:00+0200", "2026-12-01T00:00:00+24:00",
+        "2026-12-01T00:00:00+02:60", "2026-12-01T00:00:00Z ",
+        " 2026-12-01T00:00:00Z", "2026-12-01T00:00:00ZZ",
+        "+2026-12-01T00:00:00Z", "2026-12-01T00:00:00 Z",
+        "1970-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59.1Z", "9999-12-31T23:59:59-00:01",
+        "2026-12-01T0a:00:00Z",
+    };
+
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        t = -7;
+        snprintf(title, sizeof(title), "time: \"%s\" is %lld",
+                 good[i].text, good[i].epoch);
+        ok(rl_rule_parse_time(good[i].text, strlen(good[i].text), &t) == 0
+           && t == good[i].epoch, title);
+    }
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        t = -7;
+        snprintf(title, sizeof(title), "time: \"%s\" is refused", bad[i]);
+        ok(rl_rule_parse_time(bad[i], strlen(bad[i]), &t) == -1 && t == -7,
+           title);
+    }
+
+    ok(rl_rule_parse_time("2026-12-01T00:00:00Z\0", 21, &t) == -1
+       && rl_rule_parse_time("2026-12-01T00:00:00\0Z", 21, &t) == -1,
+       "time: a NUL inside is refused");
+
+    ok(rl_rule_parse_time("2026-12-01T00:00:00Zjunk", 20, &t) == 0
+       && t == 1796083200, "time: reads len bytes, not up to a NUL");
+
+    n = rl_rule_format_time(1796083200, buf, sizeof(buf));
+    ok(n == 20 && strcmp(buf, "2026-12-01T00:00:00Z") == 0,
+       "format: 2026-12-01T00:00:00Z");
+    n = rl_rule_format_time(RL_RULE_MAX_EXPIRES, buf, sizeof(buf));
+    ok(n == 20 && strcmp(buf, "9999-12-31T23:59:59Z") == 0,
+       "format: the last second of 9999");
+    n = rl_rule_format_time(951782400 + 86399, buf, sizeof(buf));
+    ok(n == 20 && strcmp(buf, "2000-02-29T23:59:59Z") == 0,
+       "format: a leap day");
+    ok(rl_rule_format_time(RL_RULE_MAX_EXPIRES + 1, buf, sizeof(buf)) == 0,
+       "format: refuses past 9999");
+    ok(rl_rule_format_time(-1, buf, sizeof(buf)) == 0,
+       "format: refuses a negative time");
+    ok(rl_rule_format_time(1, buf, 20) == 0,
+       "format: no room for the NUL");
+
+    /* every day of 1970 .. 2100 and back, a second apart from midnight */
+
+    n = 0;
+
+    for (t = 1; t < 4102444800LL; t += 86400 - 1) {
+        if (rl_rule_format_time(t, buf, sizeof(buf)) == 0) {
+            n++;
+            continue;
+        }
+
+        {
+            long long  back = -1;
+
+            if (rl_rule_parse_time(buf, strlen(buf), &back) != 0
+                || back != t)
+            {
+                n++;
+            }
+        }
+    }
+
+    ok(n == 0, "format then parse: every day to 2100 comes back as it was");
+}
+
+
+#define PARSE(body, rule, err)                                               \
+    rl_rule_parse_json(body, strlen(body), rule, err)
+
+
+static void
+test_expiry(void)
+{
+    char             buf[512];
+    size_t           n;
+    rl_rule_t        rule;
+    rl_rule_error_t  err;
+
+    memset(&rule, 0, sizeof(rule));
+    ok(PARSE("{\"customer_id\":\"acme\",\"limit\":5,"
+                          "\"window\":60,\"expires_at\":"
+                          "\"2026-12-01T02:00:00.5+02:00\"}", &rule, &err) == 0
+       && rule.expires_at == 1796083201,
+       "expires_at: RFC 3339 with an offset and a fraction, rounded up");
+
+    memset(&rule, 0, sizeof(rule));
+    ok(PARSE("{\"customer_id\":\"acme\",\"limit\":5,"
+             "\"window\":60,\"expires_at\":1796083200}",
+             &rule, &err) == 0
+       && rule.expires_at == 1796083200, "expires_at: epoch seconds");
+
+    memset(&rule, 0, sizeof(rule));
+    ok(PARSE("{\"customer_id\":\"acme\",\"limit\":5,"
+             "\"window\":60,\"expires_at\":null}",
+             &rule, &err) == 0
+       && rule.expires_at == 0, "expires_at: null is none");
+
+    memset(&rule, 0, sizeof(rule));
+    ok(PARSE("{\"customer_id\":\"acme\",\"limit\":5,"
+             "\"window\":60}",
+             &rule, &err) == 0
+       && rule.expires_at == 0, "expires_at: left out is none");
+
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":\"2026-02-30T00:00:00Z\"}", "expires_at",
+        "RFC 3339", "expires_at: February 30th");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":\"tomorrow\"}", "expires_at", "RFC 3339",
+        "expires_at: a word");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":\"1796083200\"}", "expires_at", "RFC 3339",
+        "expires_at: epoch seconds as a string");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":0}", "expires_at", "epoch seconds from 1",
+        "expires_at: 0");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":-5}", "expires_at", "epoch seconds from 1",
+        "expires_at: negative");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":253402300800}", "expires_at",
+        "epoch seconds from 1", "expires_at: past the year 9999");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":1796083200.5}", "expires_at",
+        "without a fraction", "expires_at: a fraction of epoch seconds");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":true}", "expires_at", "not a boolean",
+        "expires_at: a boolean");
+    bad("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+        "\"expires_at\":1,\"expires_at\":2}", "expires_at",
+        "more than once", "expires_at: twice");
+    bad_len("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+            "\"expires_at\":\"2026-12-01T00:00:00Z\\u0000\"}",
+            strlen("{\"customer_id\":\"acme\",\"limit\":5,\"window\":60,"
+                   "\"expires_at\":\"2026-12-01T00:00:00Z\\u0000\"}"),
+            "expires_at", "RFC 3339", "expires_at: with an escaped NUL");
+
+    rule.expires_at = 1000;
+    ok(rl_rule_check_expiry(&rule, 999, &err) == 0,
+       "check_expiry: a second ahead is fine");
+    ok(rl_rule_check_expiry(&rule, 1000, &err) == -1
+       && same_field(err.field, "expires_at")
+       && strstr(err.message, "1970-01-01T00:16:40Z") != NULL,
+       "check_expiry: now is refused, naming the time");
+    rule.expires_at = 0;
+    ok(rl_rule_check_expiry(&rule, 1000, &err) == 0,
+       "check_expiry: no expiry is fine");
+
+    /* stored form: the epoch after the algorithm, old forms still read */
+
+    memset(&rule, 0, sizeof(rule));
+    rule.limit = 5;
+    rule.window = 60;
+    rule.expires_at = 1796083200;
+    n = rl_rule_encode(&rule, buf, sizeof(buf));
+    ok(n == 17 && strcmp(buf, "5 60 - 1796083200") == 0,
+       "encode: \"5 60 - 1796083200\"");
+
+    rule.limit = RL_RULE_MAX_LIMIT;
+    rule.window = RL_RULE_MAX_WINDOW;
+    rule.algorithm = RL_RULE_ALGORITHM_SLIDING_WINDOW;
+    rule.expires_at = RL_RULE_MAX_EXPIRES;
+    n = rl_rule_encode(&rule, buf, sizeof(buf));
+    ok(n == 44 && strcmp(buf, "1000000000 86400 sliding_window "
+                              "253402300799") == 0,
+       "encode: the longest stored form with an expiry");
+
+    rule.expires_at = RL_RULE_MAX_EXPIRES + 1;
+    ok(rl_rule_encode(&rule, buf, sizeof(buf)) == 0,
+       "encode refuses an expiry past 9999");
+
+    memset(&rule, 0, sizeof(rule));
+    ok(rl_rule_decode("5 60 token_bucket 1796083200", 28, &rule) == 0
+       && rule.limit == 5 && rule.expires_at == 1796083200
+       && rule.algorithm == RL_RULE_ALGORITHM_TOKEN_BUCKET,
+       "decode: an expiry");
+
+    rule.expires_at = 77;
+    ok(rl_rule_decode("5 60 token_bucket", 17, &rule) == 0
+       && rule.expires_at == 0, "decode: none is 0");
+
+    ok(rl_rule_decode("5 60 - 0", 8, &rule) == -1
+       && rl_rule_decode("5 60 - 01", 9, &rule) == -1
+       && rl_rule_decode("5 60 - 253402300800", 19, &rule) == -1
+       && rl_rule_decode("5 60 - 1 2", 10, &rule) == -1
+       && rl_rule_decode("5 60 - ", 7, &rule) == -1
+       && rl_rule_decode("5 60 -  1", 9, &rule) == -1,
+       "decode refuses an expiry of 0, with a leading zero, past 9999, two,"
+       " empty, after two spaces");
+
+    /* the answer */
+
+    memset(&rule, 0, sizeof(rule));
+    memcpy(rule.customer_id, "acme", 4);
+    rule.customer_id_len = 4;
+    rule.limit = 5;
+    rule.window = 60;
+    rule.expires_at = 1796083200;
+    n = rl_rule_to_json(&rule, buf, sizeof(buf));
+    ok(n > 0 && strcmp(buf, "{\"customer_id\":\"acme\",\"limit\":5,"
+                            "\"window\":60,\"expires_at\":"
+                            "\"2026-12-01T00:00:00Z\"}\n") == 0,
+       "to_json: expires_at in RFC 3339 UTC");
 }
 
 
@@ -1327,6 +1571,8 @@ main(void)
     test_check_policy_name();
     test_encode_decode();
     test_json_out();
+    test_time();
+    test_expiry();
 
     printf("1..%d\n", tests);
 
