@@ -633,25 +633,34 @@ ngx_http_ratelimit_rules_store_undo(ngx_http_ratelimit_rules_op_t *op)
             continue;
         }
 
+        /*
+         * A shard that let the write time out will not answer the undo in
+         * time either: it runs when the shard does, and the outcome need
+         * not wait for it.  Its answer belongs to nobody; the command is
+         * not detached, which would take it back before it is written.
+         */
+
+        if (shard->state == NGX_HTTP_RATELIMIT_RULES_SHARD_LATE) {
+            if (ngx_http_ratelimit_redis_send(
+                    ngx_http_ratelimit_redis_conn(shard->index), 8, argv,
+                    argvlen, ngx_http_ratelimit_rules_store_answered, NULL)
+                == NULL)
+            {
+                unsent++;
+
+            } else {
+                queued++;
+            }
+
+            continue;
+        }
+
         shard->slot = ngx_http_ratelimit_redis_send(
                           ngx_http_ratelimit_redis_conn(shard->index), 8,
                           argv, argvlen, ngx_http_ratelimit_rules_store_undone,
                           shard);
         if (shard->slot == NULL) {
             unsent++;
-            continue;
-        }
-
-        /*
-         * A shard that let the write time out will not answer the undo in
-         * time either: it runs when the shard does, and the outcome need
-         * not wait for it.
-         */
-
-        if (shard->state == NGX_HTTP_RATELIMIT_RULES_SHARD_LATE) {
-            ngx_http_ratelimit_redis_detach(shard->slot);
-            shard->slot = NULL;
-            queued++;
             continue;
         }
 

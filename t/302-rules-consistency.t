@@ -154,6 +154,13 @@ subtest 'a change that failed (503) while a shard stalled changes nothing, anywh
     ok $same, "both shards hold the rule of 7 once shard 2 woke ("
         . join(' | ', @got) . ')';
 
+    # shard 2 ran the undo queued behind its late write (restoring deletes
+    # the undo trail); the rules sync alone would leave the trail behind
+    my $trail = within(3, sub {
+        $redis[1]->cli('EXISTS', "rl:rules:undo:$raw") eq '(integer) 0';
+    });
+    ok $trail, 'shard 2 undid the late write itself';
+
     my $encoded = join '', map { sprintf '%%%02X', ord } split //, $raw;
     for my $n (0, 1) {
         my $limit = within(3, sub {
