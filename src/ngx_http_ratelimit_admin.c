@@ -142,6 +142,8 @@ static ngx_int_t ngx_http_ratelimit_admin_args(ngx_http_request_t *r,
     rl_rule_error_t *err);
 static ngx_int_t ngx_http_ratelimit_admin_send_gen(ngx_http_request_t *r,
     yajl_gen g);
+static ngx_int_t ngx_http_ratelimit_gen_hex(ngx_http_request_t *r,
+    yajl_gen g, const char *name, u_char *value, size_t len);
 static u_char *ngx_http_ratelimit_admin_escape(ngx_http_request_t *r,
     ngx_str_t *s);
 static ngx_int_t ngx_http_ratelimit_admin_put(ngx_http_request_t *r);
@@ -206,6 +208,15 @@ static void ngx_http_ratelimit_admin_cleanup(void *data);
      == yajl_gen_status_ok                                                    \
      && yajl_gen_string(g, (const unsigned char *) v, n)                      \
         == yajl_gen_status_ok)
+
+/*
+ * "key": "value" when the caller's bytes are UTF-8; else "key_hex": their
+ * hex, as JSON strings hold nothing else
+ */
+#define ngx_http_ratelimit_gen_bytes(r, g, k, v, n)                           \
+    (rl_rule_valid_utf8(v, n)                                                 \
+     ? ngx_http_ratelimit_gen_str(g, k, v, n)                                 \
+     : ngx_http_ratelimit_gen_hex(r, g, k "_hex", v, n))
 
 #define ngx_http_ratelimit_gen_int(g, k, v)                                   \
     (yajl_gen_string(g, (const unsigned char *) k, sizeof(k) - 1)             \
@@ -1879,7 +1890,8 @@ ngx_http_ratelimit_admin_usage_got(ngx_http_request_t *r, ngx_int_t outcome,
 
     /*
      * The key and the customer are the caller's bytes: yajl escapes the
-     * control characters, and bytes that are not UTF-8 go as they are.
+     * control characters; bytes that are not UTF-8 go as "key_hex" (and
+     * "customer_hex", "redis_key_hex"), never into a JSON string.
      */
 
     rc = yajl_gen_map_open(g) == yajl_gen_status_ok
@@ -1887,13 +1899,16 @@ ngx_http_ratelimit_admin_usage_got(ngx_http_request_t *r, ngx_int_t outcome,
                                        ctx->policy->name.len)
          && ngx_http_ratelimit_gen_str(g, "source", ctx->source->data,
                                        ctx->source->len)
-         && ngx_http_ratelimit_gen_str(g, "key", ctx->key.data, ctx->key.len)
-         && ngx_http_ratelimit_gen_str(g, "customer", ctx->customer.data,
-                                       ctx->customer.len)
+         && ngx_http_ratelimit_gen_bytes(r, g, "key", ctx->key.data,
+                                         ctx->key.len)
+         && ngx_http_ratelimit_gen_bytes(r, g, "customer",
+                                         ctx->customer.data,
+                                         ctx->customer.len)
          && ngx_http_ratelimit_gen_str(g, "shard", ctx->shard_name->data,
                                        ctx->shard_name->len)
-         && ngx_http_ratelimit_gen_str(g, "redis_key", ctx->redis_key.data,
-                                       ctx->redis_key.len)
+         && ngx_http_ratelimit_gen_bytes(r, g, "redis_key",
+                                         ctx->redis_key.data,
+                                         ctx->redis_key.len)
          && ngx_http_ratelimit_gen_int(g, "limit", limit)
          && ngx_http_ratelimit_gen_int(g, "window", window)
          && ngx_http_ratelimit_gen_str(g, "algorithm", alg, ngx_strlen(alg))
@@ -2026,7 +2041,8 @@ ngx_http_ratelimit_admin_usage_gone(ngx_http_request_t *r, ngx_int_t outcome,
                                        ctx->policy->name.len)
          && ngx_http_ratelimit_gen_str(g, "source", ctx->source->data,
                                        ctx->source->len)
-         && ngx_http_ratelimit_gen_str(g, "key", ctx->key.data, ctx->key.len)
+         && ngx_http_ratelimit_gen_bytes(r, g, "key", ctx->key.data,
+                                         ctx->key.len)
          && yajl_gen_string(g, (const unsigned char *) "reset", 5)
             == yajl_gen_status_ok
          && yajl_gen_bool(g, 1) == yajl_gen_status_ok
@@ -2252,4 +2268,25 @@ ngx_http_ratelimit_admin_escape(ngx_http_request_t *r, ngx_str_t *s)
     *p = '\0';
 
     return dst;
+}
+
+
+/* "name": the value's bytes in hex, lowercase; 1 if generated, else 0 */
+
+static ngx_int_t
+ngx_http_ratelimit_gen_hex(ngx_http_request_t *r, yajl_gen g,
+    const char *name, u_char *value, size_t len)
+{
+    u_char  *hex;
+
+    hex = ngx_pnalloc(r->pool, 2 * len);
+    if (hex == NULL) {
+        return 0;
+    }
+
+    ngx_hex_dump(hex, value, len);
+
+    return yajl_gen_string(g, (const unsigned char *) name,
+                           ngx_strlen(name)) == yajl_gen_status_ok
+           && yajl_gen_string(g, hex, 2 * len) == yajl_gen_status_ok;
 }

@@ -805,6 +805,22 @@ rl_rule_fail_unknown(rl_rule_error_t *err, const unsigned char *name,
  * no surrogates, nothing past U+10FFFF.
  */
 
+int
+rl_rule_valid_utf8(const unsigned char *p, size_t len)
+{
+    size_t  i, n;
+
+    for (i = 0; i < len; i += n) {
+        n = rl_rule_utf8(&p[i], len - i);
+        if (n == 0) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
 static size_t
 rl_rule_utf8(const unsigned char *p, size_t len)
 {

@@ -104,6 +104,12 @@ int rl_rule_check_customer_id(const unsigned char *id, size_t len,
     rl_rule_error_t *err);
 
 /*
+ * 1 if the bytes are valid UTF-8 (no overlong forms, no surrogates) and
+ * can go into a JSON string as they are, else 0.
+ */
+int rl_rule_valid_utf8(const unsigned char *p, size_t len);
+
+/*
  * A policy name: 1..64 of letters, digits, "_", "-" and ".", not "default"
  * (the name of every location's unnamed policy): 0, else -1 with err (field
  * "policy").

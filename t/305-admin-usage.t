@@ -159,6 +159,19 @@ my $u1 = unique_key('u1');
     like $na->error_log_since($mark), qr/usage of key "a\\x22b\\x0Ac\\x5C"/, '... escaped in the log';
 }
 
+# a key that is not UTF-8 cannot go into a JSON string: its bytes go in hex
+{
+    my $r = usage($na, 'policy=burst&key=ab%FFc');
+    is $r->{status}, 200, 'a key with a byte that is not UTF-8: 200';
+    ok $r->{json}, '... the answer is valid JSON (UTF-8)';
+    is $r->{json}{key_hex}, '6162ff63', '... the key as hex';
+    ok !exists $r->{json}{key}, '... and not as a string';
+    like $r->{json}{redis_key_hex} // '', qr/6162ff63\z/, '... the Redis key too';
+    my $d = usage($na, 'policy=burst&key=ab%FFc', 'DELETE');
+    is $d->{status}, 200, 'its reset: 200';
+    is $d->{json} && $d->{json}{key_hex}, '6162ff63', '... valid JSON, the key as hex';
+}
+
 # both need the token
 for my $method (qw(GET DELETE)) {
     my $r = admin($na, $method, "/usage?policy=burst&key=$u1", undef, Authorization => undef);

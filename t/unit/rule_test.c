@@ -1553,6 +1553,27 @@ test_expiry(void)
 }
 
 
+static void
+test_valid_utf8(void)
+{
+    ok(rl_rule_valid_utf8((const unsigned char *) "", 0), "utf8: empty");
+    ok(rl_rule_valid_utf8((const unsigned char *) "a\"\n\\", 4),
+       "utf8: ASCII with controls (JSON escapes them)");
+    ok(rl_rule_valid_utf8((const unsigned char *) "caf\xc3\xa9", 5),
+       "utf8: two-byte form");
+    ok(rl_rule_valid_utf8((const unsigned char *) "\xf0\x9f\x98\x80", 4),
+       "utf8: four-byte form");
+    ok(!rl_rule_valid_utf8((const unsigned char *) "ab\xff" "c", 4),
+       "utf8: 0xff refused");
+    ok(!rl_rule_valid_utf8((const unsigned char *) "\xc3", 1),
+       "utf8: cut short refused");
+    ok(!rl_rule_valid_utf8((const unsigned char *) "\xc0\xaf", 2),
+       "utf8: overlong refused");
+    ok(!rl_rule_valid_utf8((const unsigned char *) "\xed\xa0\x80", 3),
+       "utf8: surrogate refused");
+}
+
+
 int
 main(void)
 {
@@ -1573,6 +1594,7 @@ main(void)
     test_json_out();
     test_time();
     test_expiry();
+    test_valid_utf8();
 
     printf("1..%d\n", tests);
 
