@@ -769,15 +769,14 @@ ngx_http_ratelimit_redis_tls_done(ngx_connection_t *c)
         ngx_log_error(NGX_LOG_ERR, conn->log, 0,
                       "ratelimit: TLS handshake with shard %V failed",
                       &conn->shard->name);
-        ngx_http_ratelimit_redis_drop(conn, "TLS handshake failed");
-        return;
+        reason = "TLS handshake failed";
+        goto failed;
     }
 
     if (ngx_http_ratelimit_ssl_verify(c, conn->shard, conn->log, &reason)
         != NGX_OK)
     {
-        ngx_http_ratelimit_redis_drop(conn, reason);
-        return;
+        goto failed;
     }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->log, 0,
@@ -791,6 +790,19 @@ ngx_http_ratelimit_redis_tls_done(ngx_connection_t *c)
     conn->state = NGX_HTTP_RATELIMIT_CONNECTED;
 
     ngx_http_ratelimit_redis_flush(conn);
+
+    return;
+
+failed:
+
+    /* a session of a shard that was not trusted is never resumed */
+
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+        conn->ssl_session = NULL;
+    }
+
+    ngx_http_ratelimit_redis_drop(conn, reason);
 }
 
 

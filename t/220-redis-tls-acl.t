@@ -299,8 +299,9 @@ subtest 'reconnects: the session is reused; a restarted shard is taken back' => 
 };
 
 
-$acl->cli('ACL', 'SETUSER', 'limiter', 'on', '>right-secret-0123', '~*', '&*',
-          '+@all');
+# what README.md advises for the module's user
+$acl->cli('ACL', 'SETUSER', 'limiter', 'on', '>right-secret-0123', '~rl:*',
+          '+@all', '-@dangerous');
 
 subtest 'ACL user over TLS: the right password' => sub {
     my $nginx = node(shards => [[$acl->{tls_port},
