@@ -21,6 +21,7 @@ __DATA__
 --- http_config
     ratelimit_zone ratelimit:1m;
     ratelimit_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT user=default password=file:../html/redis.pw;
+    ratelimit_redis_timeout 1s;
     ratelimit_redis_tls_verify on;
     ratelimit_redis_tls_trusted_certificate /nonexistent/ca.crt;
     ratelimit_redis_tls_server_name redis.example.com;

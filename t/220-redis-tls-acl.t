@@ -242,6 +242,26 @@ subtest 'server name: checked against the certificate' => sub {
 };
 
 
+subtest 'the handshake counts against ratelimit_redis_timeout' => sub {
+    # a listener that never accepts: the kernel completes TCP, nobody
+    # answers the ClientHello
+    my $mute = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                     Proto => 'tcp', Listen => 16)
+        or die "listen: $!";
+    my $nginx = node(shards => [[$mute->sockport, ' tls']],
+                     timeout => '300ms');
+    my $t0 = time;
+    is $nginx->get('/api/x', 'X-User-Id' => unique_key('mute'))->{status},
+        503, 'a shard that never answers the handshake: fail path';
+    my $took = time - $t0;
+    cmp_ok $took, '>=', 0.25, sprintf 'after the timeout (%.2f s)', $took;
+    cmp_ok $took, '<', 3, 'not much later';
+    like $nginx->error_log, qr/marked down/, 'the shard is marked down';
+    $nginx->stop;
+    close $mute;
+};
+
+
 subtest 'a shard that requires client certificates' => sub {
     my $nginx = node(shards => [[$mtls->{tls_port}, ' tls']]);
     my $user = unique_key('mtls');
