@@ -319,6 +319,26 @@ subtest 'reconnects: the session is reused; a restarted shard is taken back' => 
 };
 
 
+subtest 'a reload: the new configuration\'s TLS profile, old workers leave cleanly' => sub {
+    my $nginx = node(shards => [[$tls->{tls_port}, ' tls']], workers => 2);
+    my $user = unique_key('reload');
+    is_deeply statuses($nginx, '/api/x', $user, 2), [200, 200], 'works';
+    # the same shards, now also showing a client certificate
+    $nginx->reload(ratelimit_http(
+        shards  => [[$tls->{tls_port}, ' tls']],
+        timeout => '1s',
+        body    => "    ratelimit_redis_tls_trusted_certificate $certs->{ca};\n"
+                 . "    ratelimit_redis_tls_certificate $certs->{client_crt};\n"
+                 . "    ratelimit_redis_tls_certificate_key $certs->{client_key};\n"
+                 . server_block()));
+    is_deeply statuses($nginx, '/api/x', $user, 4), [200, 200, 200, 429],
+        'after the reload: the same count, exact';
+    is scalar($nginx->crashes), 0, 'no worker crashed';
+    unlike $nginx->error_log, qr/marked down|alert|emerg/, 'nothing failed';
+    $nginx->stop;
+};
+
+
 # what README.md advises for the module's user
 $acl->cli('ACL', 'SETUSER', 'limiter', 'on', '>right-secret-0123', '~rl:*',
           '+@all', '-@dangerous');

@@ -6,7 +6,7 @@
 
 use Test::Nginx::Socket;
 
-our $Run = "t108-$$-" . time();
+our $Run = "t109-$$-" . time();
 
 no_shuffle();
 repeat_each(1);
