@@ -11,7 +11,7 @@ set -eu
 packages="
     build-essential nginx nginx-dev libhiredis-dev libyajl-dev libssl-dev
     libpcre2-dev zlib1g-dev redis-server redis-tools redis-sentinel
-    dnsmasq-base nutcracker curl
+    dnsmasq-base nutcracker curl openssl
     libtest-base-perl libtext-diff-perl libtest-longstring-perl
     liblist-moreutils-perl libwww-perl liburi-perl libipc-run-perl
     libredis-perl python3-prometheus-client

@@ -205,7 +205,11 @@ ngx_http_ratelimit_redis_sentinel(ngx_conf_t *cf, ngx_command_t *cmd,
 
     for (i = 2; i < cf->args->nelts; i++) {
 
-        if (ngx_strlchr(value[i].data, value[i].data + value[i].len, '=')) {
+        /* parameters have a "=", or are "tls"; addresses neither */
+
+        if (ngx_strlchr(value[i].data, value[i].data + value[i].len, '=')
+            || (value[i].len == 3 && ngx_strncmp(value[i].data, "tls", 3) == 0))
+        {
             rc = ngx_http_ratelimit_shard_param(cf, shard, &value[i]);
 
             if (rc == NGX_ERROR) {
@@ -253,6 +257,13 @@ ngx_http_ratelimit_redis_sentinel(ngx_conf_t *cf, ngx_command_t *cmd,
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "no sentinel address in \"%V\", expected "
                            "\"host:port\" after the master name", &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (shard->user.len && shard->password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"user=%V\" requires \"password=\"",
+                           &shard->user);
         return NGX_CONF_ERROR;
     }
 

@@ -8,6 +8,7 @@
 #include "ngx_http_ratelimit_zone.h"
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_discovery.h"
+#include "ngx_http_ratelimit_ssl.h"
 #include "ngx_http_ratelimit_rules.h"
 #include "ngx_http_ratelimit_handler.h"
 #include "ngx_http_ratelimit_batch.h"
@@ -25,6 +26,8 @@ static char *ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_ratelimit_redis_password(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_str_t *password);
 static char *ngx_http_ratelimit(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_ratelimit_key_name(ngx_conf_t *cf,
@@ -113,7 +116,7 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       NULL },
 
     { ngx_string("ratelimit_redis"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_ratelimit_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -131,6 +134,41 @@ static ngx_command_t  ngx_http_ratelimit_commands[] = {
       ngx_http_ratelimit_set_timeout,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_ratelimit_main_conf_t, timeout),
+      NULL },
+
+    { ngx_string("ratelimit_redis_tls_verify"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, tls.verify),
+      NULL },
+
+    { ngx_string("ratelimit_redis_tls_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, tls.trusted_certificate),
+      NULL },
+
+    { ngx_string("ratelimit_redis_tls_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, tls.certificate),
+      NULL },
+
+    { ngx_string("ratelimit_redis_tls_certificate_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, tls.certificate_key),
+      NULL },
+
+    { ngx_string("ratelimit_redis_tls_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_main_conf_t, tls.server_name),
       NULL },
 
     { ngx_string("ratelimit_redis_hash"),
@@ -313,6 +351,7 @@ ngx_http_ratelimit_create_main_conf(ngx_conf_t *cf)
 
     rmcf->timeout = NGX_CONF_UNSET_MSEC;
     rmcf->hash = NGX_CONF_UNSET_UINT;
+    rmcf->tls.verify = NGX_CONF_UNSET;
 
     return rmcf;
 }
@@ -352,6 +391,16 @@ ngx_http_ratelimit_init_main_conf(ngx_conf_t *cf, void *conf)
      * ids ("cust-1", "cust-2", ...) crowd onto one shard
      */
     ngx_conf_init_uint_value(rmcf->hash, RL_KETAMA_HASH_DEFAULT);
+
+    /*
+     * An unverified TLS connection to a managed Redis is a trap: verified
+     * unless said otherwise, so a trusted certificate is needed.
+     */
+    ngx_conf_init_value(rmcf->tls.verify, 1);
+
+    if (ngx_http_ratelimit_ssl_conf(cf, rmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }
@@ -573,7 +622,10 @@ ngx_http_ratelimit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* ratelimit_redis host:port [weight=N] [password=SECRET] */
+/*
+ * ratelimit_redis host:port [weight=N] [user=NAME] [password=SECRET |
+ *                 password=file:PATH] [tls]
+ */
 
 static char *
 ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -648,6 +700,7 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    shard->host = u.host;
     shard->weight = 1;
 
     for (i = 2; i < cf->args->nelts; i++) {
@@ -664,6 +717,13 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    if (shard->user.len && shard->password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"user=%V\" requires \"password=\"",
+                           &shard->user);
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_ratelimit_shard_unique(cf, rmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
@@ -676,8 +736,9 @@ ngx_int_t
 ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
     ngx_http_ratelimit_shard_conf_t *shard, ngx_str_t *value)
 {
-    ngx_int_t  weight;
-    ngx_str_t  s;
+    ngx_int_t                        weight;
+    ngx_str_t                        s;
+    ngx_http_ratelimit_main_conf_t  *rmcf;
 
     if (ngx_strncmp(value->data, "weight=", 7) == 0) {
         s.data = value->data + 7;
@@ -697,15 +758,26 @@ ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
     }
 
     if (ngx_strncmp(value->data, "password=", 9) == 0) {
-        shard->password.data = value->data + 9;
-        shard->password.len = value->len - 9;
+        return ngx_http_ratelimit_redis_password(cf, value, &shard->password);
+    }
 
-        if (shard->password.len == 0) {
+    if (ngx_strncmp(value->data, "user=", 5) == 0) {
+        shard->user.data = value->data + 5;
+        shard->user.len = value->len - 5;
+
+        if (shard->user.len == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "empty password in \"%V\"", value);
+                               "empty user in \"%V\"", value);
             return NGX_ERROR;
         }
 
+        return NGX_OK;
+    }
+
+    if (value->len == 3 && ngx_strncmp(value->data, "tls", 3) == 0) {
+        rmcf = ngx_http_conf_get_module_main_conf(cf,
+                                                  ngx_http_ratelimit_module);
+        shard->tls = &rmcf->tls;
         return NGX_OK;
     }
 
@@ -733,6 +805,132 @@ ngx_http_ratelimit_shard_unique(ngx_conf_t *cf,
             return NGX_ERROR;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * "password=SECRET", or "password=file:PATH": the password is read from
+ * the file now (relative to the configuration prefix), so that it stays out
+ * of nginx.conf; one trailing line break is not part of it.  The file is
+ * read again on each reload.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_redis_password(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_str_t *password)
+{
+    u_char           *p;
+    size_t            len;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_str_t         name;
+    ngx_file_t        file;
+    ngx_file_info_t   fi;
+
+    password->data = value->data + 9;
+    password->len = value->len - 9;
+
+    if (password->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty password in \"%V\"", value);
+        return NGX_ERROR;
+    }
+
+    if (password->len < 5 || ngx_strncmp(password->data, "file:", 5) != 0) {
+        return NGX_OK;
+    }
+
+    name.data = password->data + 5;
+    name.len = password->len - 5;
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no file name in \"%V\"", value);
+        return NGX_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(name.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read the password file \"%s\"",
+                           name.data);
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+
+    file.fd = fd;
+    file.name = name;
+    file.log = cf->log;
+
+    n = NGX_ERROR;
+    p = NULL;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_fd_info_n " \"%s\" failed", name.data);
+        goto done;
+    }
+
+    len = (size_t) ngx_file_size(&fi);
+
+    /* a password, not a file read by mistake */
+
+    if (len > NGX_HTTP_RATELIMIT_MAX_PASSWORD) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the password file \"%s\" is over %d bytes",
+                           name.data, NGX_HTTP_RATELIMIT_MAX_PASSWORD);
+        goto done;
+    }
+
+    p = ngx_pnalloc(cf->pool, len + 1);
+    if (p == NULL) {
+        goto done;
+    }
+
+    n = ngx_read_file(&file, p, len, 0);
+
+    if (n == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read the password file \"%s\"",
+                           name.data);
+        goto done;
+    }
+
+done:
+
+    if (ngx_close_file(fd) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, cf->log, ngx_errno,
+                      ngx_close_file_n " \"%s\" failed", name.data);
+    }
+
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (n > 0 && p[n - 1] == LF) {
+        n--;
+
+        if (n > 0 && p[n - 1] == CR) {
+            n--;
+        }
+    }
+
+    if (n == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "the password file \"%s\" is empty", name.data);
+        return NGX_ERROR;
+    }
+
+    password->data = p;
+    password->len = n;
 
     return NGX_OK;
 }

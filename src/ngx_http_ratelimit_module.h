@@ -104,13 +104,40 @@ typedef struct {
 #define NGX_HTTP_RATELIMIT_MAX_POLICIES     16
 
 
+/*
+ * The TLS of the shards marked "tls": one profile for all of them, from the
+ * "ratelimit_redis_tls_*" directives of the http block.
+ */
+typedef struct {
+#if (NGX_SSL)
+    ngx_ssl_t                      *ssl;        /* NULL: no shard uses TLS */
+#endif
+    ngx_flag_t                      verify;
+    ngx_str_t                       trusted_certificate;
+    ngx_str_t                       certificate;
+    ngx_str_t                       certificate_key;
+    ngx_str_t                       server_name; /* empty: the shard's host */
+} ngx_http_ratelimit_tls_conf_t;
+
+
+/* the largest "password=file:" file read */
+#define NGX_HTTP_RATELIMIT_MAX_PASSWORD     4096
+
+
 /* one "ratelimit_redis" or "ratelimit_redis_sentinel" line */
 typedef struct {
     ngx_str_t                       name;       /* "host:port", ring name */
     ngx_addr_t                      addr;
     ngx_uint_t                      weight;
+    ngx_str_t                       user;       /* empty: AUTH password */
     ngx_str_t                       password;
     ngx_http_ratelimit_discovery_t *discovery;  /* NULL: addr, fixed */
+
+    /* "tls": the profile; the name checked, null-terminated; if an IP */
+    ngx_http_ratelimit_tls_conf_t  *tls;        /* NULL: plain TCP */
+    ngx_str_t                       host;       /* as written, no port */
+    ngx_str_t                       tls_name;
+    unsigned                        tls_name_ip:1;
 } ngx_http_ratelimit_shard_conf_t;
 
 
@@ -123,6 +150,7 @@ typedef struct {
     ngx_flag_t                      needs_zone; /* stats or admin */
     ngx_flag_t                      needs_shards; /* admin */
     ngx_array_t                     policies;   /* policy_t, named */
+    ngx_http_ratelimit_tls_conf_t   tls;
 } ngx_http_ratelimit_main_conf_t;
 
 

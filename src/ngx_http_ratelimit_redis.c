@@ -20,11 +20,16 @@
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_discovery.h"
 #include "rl_sentinel.h"
+#include "ngx_http_ratelimit_ssl.h"
 
 
 #define NGX_HTTP_RATELIMIT_DISCONNECTED  0
 #define NGX_HTTP_RATELIMIT_CONNECTING    1
 #define NGX_HTTP_RATELIMIT_CONNECTED     2
+#define NGX_HTTP_RATELIMIT_HANDSHAKING   3
+
+/* what a TLS connection allocates from its pool: its ngx_ssl_connection_t */
+#define NGX_HTTP_RATELIMIT_TLS_POOL      512
 
 #define NGX_HTTP_RATELIMIT_OUT_MIN       4096
 
@@ -101,6 +106,13 @@ struct ngx_http_ratelimit_conn_s {
     off_t                              out_offset;
     size_t                             out_large;  /* unsent, of commands
                                                       over OUT_MAX */
+
+    /*
+     * Below this offset the bytes may be inside OpenSSL already: a TLS
+     * write that returned NGX_AGAIN may have encrypted part of what it was
+     * given, and must be retried with the same bytes.
+     */
+    off_t                              out_committed;
     ngx_event_t                        flush;
 
     ngx_queue_t                        waiting;
@@ -114,11 +126,33 @@ struct ngx_http_ratelimit_conn_s {
     ngx_msec_t                         logged_at;
     ngx_msec_t                         refused_logged_at;
     ngx_log_t                         *log;
+
+    /* the socket's own log: nginx's messages about it name the shard */
+    ngx_log_t                          peer_log;
+
+#if (NGX_SSL)
+    ngx_ssl_session_t                 *ssl_session;  /* for the next
+                                                        handshake */
+#endif
 };
 
 
 static ngx_int_t ngx_http_ratelimit_redis_connect(
     ngx_http_ratelimit_conn_t *conn);
+static ngx_int_t ngx_http_ratelimit_redis_auth(
+    ngx_http_ratelimit_conn_t *conn);
+static void ngx_http_ratelimit_redis_connected(
+    ngx_http_ratelimit_conn_t *conn);
+#if (NGX_SSL)
+static void ngx_http_ratelimit_redis_tls_start(
+    ngx_http_ratelimit_conn_t *conn);
+static void ngx_http_ratelimit_redis_tls_done(ngx_connection_t *c);
+static void ngx_http_ratelimit_redis_save_session(ngx_connection_t *c);
+#endif
+static u_char *ngx_http_ratelimit_redis_log_error(ngx_log_t *log,
+    u_char *buf, size_t len);
+static void ngx_http_ratelimit_redis_drop(ngx_http_ratelimit_conn_t *conn,
+    const char *reason);
 static void ngx_http_ratelimit_redis_close(ngx_http_ratelimit_conn_t *conn);
 static void ngx_http_ratelimit_redis_settle(ngx_http_ratelimit_conn_t *conn);
 static ngx_http_ratelimit_slot_t *ngx_http_ratelimit_redis_queue(
@@ -206,6 +240,10 @@ ngx_http_ratelimit_redis_init_process(ngx_cycle_t *cycle, ngx_array_t *shards,
         conn->log = cycle->log;
         conn->state = NGX_HTTP_RATELIMIT_DISCONNECTED;
 
+        conn->peer_log = *cycle->log;
+        conn->peer_log.handler = ngx_http_ratelimit_redis_log_error;
+        conn->peer_log.data = conn;
+
         /*
          * A worker holds at most one live command per connection of its
          * own at a time: beyond twice that, the waiting commands are those
@@ -255,6 +293,13 @@ ngx_http_ratelimit_redis_exit_process(ngx_cycle_t *cycle)
             conn->out = NULL;
             conn->out_size = 0;
         }
+
+#if (NGX_SSL)
+        if (conn->ssl_session) {
+            ngx_ssl_free_session(conn->ssl_session);
+            conn->ssl_session = NULL;
+        }
+#endif
     }
 
     ngx_http_ratelimit_nconns = 0;
@@ -289,7 +334,8 @@ ngx_http_ratelimit_redis_stuck(ngx_http_ratelimit_conn_t *conn,
         return 0;
     }
 
-    if (conn->state == NGX_HTTP_RATELIMIT_CONNECTING
+    if ((conn->state == NGX_HTTP_RATELIMIT_CONNECTING
+         || conn->state == NGX_HTTP_RATELIMIT_HANDSHAKING)
         && ngx_current_msec - conn->connect_at >= timeout)
     {
         return 1;
@@ -412,7 +458,9 @@ ngx_http_ratelimit_redis_detach(ngx_http_ratelimit_slot_t *slot)
 
     /* closing the connection moves out_offset past all it discarded */
 
-    if (slot->start < conn->out_offset + (off_t) conn->out_sent) {
+    if (slot->start < conn->out_offset + (off_t) conn->out_sent
+        || slot->start < conn->out_committed)
+    {
         return NGX_DECLINED;
     }
 
@@ -466,6 +514,16 @@ ngx_http_ratelimit_redis_fail(ngx_http_ratelimit_conn_t *conn,
                       "ratelimit: shard %V: %s", &conn->shard->name, reason);
     }
 
+    ngx_http_ratelimit_redis_drop(conn, reason);
+}
+
+
+/* fail() without its line: for failures whose cause is logged already */
+
+static void
+ngx_http_ratelimit_redis_drop(ngx_http_ratelimit_conn_t *conn,
+    const char *reason)
+{
     ngx_http_ratelimit_redis_event(conn->index,
                                    NGX_HTTP_RATELIMIT_REDIS_FAILED, reason,
                                    conn->log);
@@ -586,7 +644,7 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
     conn->peer.socklen = addr->socklen;
     conn->peer.name = &conn->shard->name;
     conn->peer.get = ngx_event_get_peer;
-    conn->peer.log = conn->log;
+    conn->peer.log = &conn->peer_log;
     conn->peer.log_error = NGX_ERROR_ERR;
 
     conn->connect_at = ngx_current_msec;
@@ -642,27 +700,27 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
     conn->reply_bytes = 0;
     conn->refused[0] = '\0';
 
-    conn->state = (rc == NGX_AGAIN) ? NGX_HTTP_RATELIMIT_CONNECTING
-                                    : NGX_HTTP_RATELIMIT_CONNECTED;
+    if (rc == NGX_AGAIN) {
+        conn->state = NGX_HTTP_RATELIMIT_CONNECTING;
+
+    } else if (conn->shard->tls) {
+
+        /* the handshake starts from an event, never inside send() */
+
+        conn->state = NGX_HTTP_RATELIMIT_CONNECTING;
+        ngx_post_event(c->write, &ngx_posted_events);
+
+    } else {
+        conn->state = NGX_HTTP_RATELIMIT_CONNECTED;
+    }
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->log, 0,
                    "ratelimit: connecting to shard %V: %i",
                    &conn->shard->name, rc);
 
-    if (conn->shard->password.len) {
-        argv[0] = "AUTH";
-        argvlen[0] = 4;
-        argv[1] = (const char *) conn->shard->password.data;
-        argvlen[1] = conn->shard->password.len;
-
-        if (ngx_http_ratelimit_redis_queue(conn, 2, argv, argvlen,
-                                           ngx_http_ratelimit_redis_auth_done,
-                                           conn)
-            == NULL)
-        {
-            ngx_http_ratelimit_redis_close(conn);
-            return NGX_ERROR;
-        }
+    if (ngx_http_ratelimit_redis_auth(conn) != NGX_OK) {
+        ngx_http_ratelimit_redis_close(conn);
+        return NGX_ERROR;
     }
 
     /* Sentinel's answer may be stale: a demoted primary must not be used */
@@ -685,12 +743,216 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
 }
 
 
+/*
+ * AUTH goes first on each new connection, as "AUTH user password" for an
+ * ACL user; the commands queued behind it wait for no answer, and are
+ * failed with the connection if AUTH is refused.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_redis_auth(ngx_http_ratelimit_conn_t *conn)
+{
+    int          argc;
+    size_t       argvlen[3];
+    const char  *argv[3];
+
+    if (conn->shard->password.len == 0) {
+        return NGX_OK;
+    }
+
+    argc = 0;
+
+    argv[argc] = "AUTH";
+    argvlen[argc++] = 4;
+
+    if (conn->shard->user.len) {
+        argv[argc] = (const char *) conn->shard->user.data;
+        argvlen[argc++] = conn->shard->user.len;
+    }
+
+    argv[argc] = (const char *) conn->shard->password.data;
+    argvlen[argc++] = conn->shard->password.len;
+
+    if (ngx_http_ratelimit_redis_queue(conn, argc, argv, argvlen,
+                                       ngx_http_ratelimit_redis_auth_done,
+                                       conn)
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the TCP connection is up: a TLS shard's handshake first, then writes */
+
+static void
+ngx_http_ratelimit_redis_connected(ngx_http_ratelimit_conn_t *conn)
+{
+#if (NGX_SSL)
+    if (conn->shard->tls) {
+        ngx_http_ratelimit_redis_tls_start(conn);
+        return;
+    }
+#endif
+
+    conn->state = NGX_HTTP_RATELIMIT_CONNECTED;
+
+    ngx_http_ratelimit_redis_flush(conn);
+}
+
+
+#if (NGX_SSL)
+
+/*
+ * The handshake counts against the timeout from connect_at, as connecting
+ * does (stuck()); the queued commands, AUTH first, wait for its end.
+ */
+
+static void
+ngx_http_ratelimit_redis_tls_start(ngx_http_ratelimit_conn_t *conn)
+{
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
+
+    c = conn->peer.connection;
+
+    conn->state = NGX_HTTP_RATELIMIT_HANDSHAKING;
+
+    c->pool = ngx_create_pool(NGX_HTTP_RATELIMIT_TLS_POOL, conn->log);
+    if (c->pool == NULL) {
+        ngx_http_ratelimit_redis_fail(conn, "TLS failed");
+        return;
+    }
+
+    rc = ngx_http_ratelimit_ssl_handshake(c, conn->shard, conn->ssl_session,
+                                      ngx_http_ratelimit_redis_save_session,
+                                      ngx_http_ratelimit_redis_tls_done);
+
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_http_ratelimit_redis_fail(conn, "TLS failed");
+        return;
+    }
+
+    ngx_http_ratelimit_redis_tls_done(c);
+}
+
+
+static void
+ngx_http_ratelimit_redis_tls_done(ngx_connection_t *c)
+{
+    const char                 *reason;
+    ngx_http_ratelimit_conn_t  *conn;
+
+    conn = c->data;
+
+    if (!c->ssl->handshaked) {
+
+        /* OpenSSL's reason is logged by ngx_ssl_handshake(), on peer_log */
+
+        ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                      "ratelimit: TLS handshake with shard %V failed",
+                      &conn->shard->name);
+        reason = "TLS handshake failed";
+        goto failed;
+    }
+
+    if (ngx_http_ratelimit_ssl_verify(c, conn->shard, conn->log, &reason)
+        != NGX_OK)
+    {
+        goto failed;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, conn->log, 0,
+                   "ratelimit: TLS to shard %V, session reused: %d",
+                   &conn->shard->name,
+                   SSL_session_reused(c->ssl->connection));
+
+    c->read->handler = ngx_http_ratelimit_redis_read_handler;
+    c->write->handler = ngx_http_ratelimit_redis_write_handler;
+
+    conn->state = NGX_HTTP_RATELIMIT_CONNECTED;
+
+    ngx_http_ratelimit_redis_flush(conn);
+
+    return;
+
+failed:
+
+    /* a session of a shard that was not trusted is never resumed */
+
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+        conn->ssl_session = NULL;
+    }
+
+    ngx_http_ratelimit_redis_drop(conn, reason);
+}
+
+
+/* OpenSSL has a new session: the next connection offers it */
+
+static void
+ngx_http_ratelimit_redis_save_session(ngx_connection_t *c)
+{
+    ngx_ssl_session_t          *session;
+    ngx_http_ratelimit_conn_t  *conn;
+
+    conn = c->data;
+
+    session = ngx_ssl_get_session(c);
+    if (session == NULL) {
+        return;
+    }
+
+    if (conn->ssl_session) {
+        ngx_ssl_free_session(conn->ssl_session);
+    }
+
+    conn->ssl_session = session;
+}
+
+#endif
+
+
+/* what nginx itself logs about the socket (connect(), SSL) names the shard */
+
+static u_char *
+ngx_http_ratelimit_redis_log_error(ngx_log_t *log, u_char *buf, size_t len)
+{
+    ngx_http_ratelimit_conn_t  *conn = log->data;
+
+    return ngx_snprintf(buf, len, ", ratelimit shard: %V",
+                        &conn->shard->name);
+}
+
+
 static void
 ngx_http_ratelimit_redis_close(ngx_http_ratelimit_conn_t *conn)
 {
-    if (conn->peer.connection) {
-        ngx_close_connection(conn->peer.connection);
+    ngx_pool_t        *pool;
+    ngx_connection_t  *c;
+
+    c = conn->peer.connection;
+
+    if (c) {
+#if (NGX_SSL)
+        ngx_http_ratelimit_ssl_close(c);
+#endif
+
+        pool = c->pool;
+
+        ngx_close_connection(c);
         conn->peer.connection = NULL;
+
+        if (pool) {
+            ngx_destroy_pool(pool);
+        }
     }
 
     if (conn->reader) {
@@ -861,6 +1123,11 @@ ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn)
                                        conn->log);
 
         if (n == NGX_AGAIN) {
+
+            if (c->ssl) {
+                conn->out_committed = conn->out_offset + conn->out_len;
+            }
+
             if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
                 ngx_http_ratelimit_redis_fail(conn, "write event failed");
             }
@@ -920,7 +1187,8 @@ ngx_http_ratelimit_redis_write_handler(ngx_event_t *wev)
             return;
         }
 
-        conn->state = NGX_HTTP_RATELIMIT_CONNECTED;
+        ngx_http_ratelimit_redis_connected(conn);
+        return;
     }
 
     ngx_http_ratelimit_redis_flush(conn);
@@ -993,7 +1261,13 @@ ngx_http_ratelimit_redis_read_handler(ngx_event_t *rev)
             return;
         }
 
-        if ((size_t) n < sizeof(buf)) {
+        /*
+         * A short read drained the socket, unless the connection says it
+         * is still ready: the end of the stream or an error is pending
+         * (an SSL read keeps going until SSL holds nothing more).
+         */
+
+        if ((size_t) n < sizeof(buf) && !rev->ready) {
             break;
         }
     }
@@ -1068,18 +1342,22 @@ ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
             ngx_http_ratelimit_redis_fail(conn, why);
             return NGX_DONE;
         }
+
         ngx_queue_remove(q);
         conn->nwaiting--;
 
-        slot = ngx_queue_data(q, ngx_http_ratelimit_slot_t, queue);
         handler = slot->handler;
         data = slot->data;
 
         ngx_queue_insert_tail(&conn->spare, q);
 
-        ngx_http_ratelimit_redis_event(conn->index,
-                                       NGX_HTTP_RATELIMIT_REDIS_REPLY, NULL,
-                                       conn->log);
+        /* AUTH's answer tells its handler whether the shard works */
+
+        if (handler != ngx_http_ratelimit_redis_auth_done) {
+            ngx_http_ratelimit_redis_event(conn->index,
+                                           NGX_HTTP_RATELIMIT_REDIS_REPLY,
+                                           NULL, conn->log);
+        }
 
         if (handler) {
             handler(data, reply);
@@ -1096,20 +1374,41 @@ ngx_http_ratelimit_redis_replies(ngx_http_ratelimit_conn_t *conn)
 }
 
 
+/*
+ * A refused AUTH (WRONGPASS, NOPERM, ...) fails the connection, and with it
+ * the shard, which is tried again at its probe interval: one line per
+ * attempt, with Redis's words, never the password.
+ */
+
 static void
 ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply)
 {
     ngx_http_ratelimit_conn_t  *conn = data;
 
-    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
+    if (reply == NULL) {
         return;
     }
 
-    ngx_log_error(NGX_LOG_ERR, conn->log, 0,
-                  "ratelimit: AUTH on shard %V failed: %s",
-                  &conn->shard->name, reply->str);
+    if (reply->type != REDIS_REPLY_ERROR) {
+        ngx_http_ratelimit_redis_event(conn->index,
+                                       NGX_HTTP_RATELIMIT_REDIS_REPLY, NULL,
+                                       conn->log);
+        return;
+    }
 
-    ngx_http_ratelimit_redis_fail(conn, "AUTH failed");
+    if (conn->shard->user.len) {
+        ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                      "ratelimit: AUTH as user \"%V\" on shard %V "
+                      "failed: %*s", &conn->shard->user, &conn->shard->name,
+                      reply->len, reply->str);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, conn->log, 0,
+                      "ratelimit: AUTH on shard %V failed: %*s",
+                      &conn->shard->name, reply->len, reply->str);
+    }
+
+    ngx_http_ratelimit_redis_drop(conn, "AUTH failed");
 }
 
 

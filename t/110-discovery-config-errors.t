@@ -220,3 +220,19 @@ qr/\[emerg\] .*duplicate shard "mymaster" in \S+nginx\.conf:\d+/
 --- must_die
 --- error_log eval
 qr/\[emerg\] .*duplicate shard "127\.0\.0\.1:$ENV{TEST_NGINX_REDIS_PORT}" in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 14: a Sentinel shard over TLS, verified, needs the name its certificate bears
+--- http_config
+    ratelimit_zone ratelimit:1m;
+    ratelimit_redis_sentinel mymaster 127.0.0.1:26379 tls;
+    ratelimit_redis_tls_trusted_certificate /etc/ssl/certs/ca-certificates.crt;
+--- config
+    location /t {
+        ratelimit $http_x_user_id;
+        empty_gif;
+    }
+--- must_die
+--- error_log eval
+qr/\[emerg\] .*shard "mymaster" with "tls" requires "ratelimit_redis_tls_server_name"/

@@ -248,9 +248,9 @@ sub on_command {
         # then the clock
         my $n = $c->{numkeys} || 1;
         my $reply = $cmd =~ /^EVAL/
-                  ? '*' . (8 * $n + 1) . "\r\n"
+                  ? '*' . (9 * $n + 1) . "\r\n"
                     . (":1\r\n:9\r\n:0\r\n:1000\r\n:1000\r\n"
-                       . ":-1\r\n:-1\r\n:-1\r\n") x $n
+                       . ":-1\r\n:-1\r\n:-1\r\n:-1\r\n") x $n
                     . ':' . int($now * 1000) . "\r\n"
                   : $cmd =~ /^H?GET$/ ? "\$-1\r\n"
                   : "+OK\r\n";
