@@ -709,59 +709,24 @@ static ngx_int_t
 ngx_http_ratelimit_admin_query(ngx_http_request_t *r, ngx_str_t *policy,
     rl_rule_error_t *err)
 {
-    u_char     *p, *last, *end, *eq;
-    ngx_str_t   name, value;
+    ngx_int_t                       rc;
+    ngx_http_ratelimit_admin_arg_t  args[1];
 
-    if (policy) {
-        ngx_str_null(policy);
+    args[0].name = "policy";
+
+    rc = ngx_http_ratelimit_admin_args(r, args, 1,
+                                       policy ? "(expected \"policy\")"
+                                              : "(PUT takes none)", err);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
-    p = r->args.data;
-    last = p + r->args.len;
+    if (policy) {
+        *policy = args[0].value;
 
-    for ( /* void */ ; p < last; p = end + 1) {
-
-        end = ngx_strlchr(p, last, '&');
-        if (end == NULL) {
-            end = last;
-        }
-
-        if (end == p) {
-            continue;
-        }
-
-        eq = ngx_strlchr(p, end, '=');
-
-        if (ngx_http_ratelimit_admin_unescape(r, p, eq ? eq : end, &name)
-            != NGX_OK
-            || ngx_http_ratelimit_admin_unescape(r, eq ? eq + 1 : end, end,
-                                                 &value)
-               != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        if (name.len != sizeof("policy") - 1
-            || ngx_strncmp(name.data, "policy", name.len) != 0)
-        {
-            return ngx_http_ratelimit_admin_unknown_arg(r, &name,
-                       policy ? "(expected \"policy\")"
-                              : "(PUT takes none)", err);
-        }
-
-        if (policy == NULL) {
-            return ngx_http_ratelimit_admin_fail(err, "policy",
-                       "PUT takes the policy in the body, not in the query");
-        }
-
-        /* the last of two would win silently, whichever the client meant */
-
-        if (policy->data) {
-            return ngx_http_ratelimit_admin_fail(err, "policy",
-                       "argument \"policy\" is given more than once");
-        }
-
-        *policy = value;
+    } else if (args[0].value.data) {
+        return ngx_http_ratelimit_admin_fail(err, "policy",
+                   "PUT takes the policy in the body, not in the query");
     }
 
     return NGX_OK;
@@ -2129,7 +2094,7 @@ ngx_http_ratelimit_admin_replied(void *data, ngx_int_t outcome,
 
 
 /*
- * The query arguments of GET (the list, the usage): each of args[] at most
+ * The query arguments of an admin request: each of args[] at most
  * once, no other.  Names and values are percent-decoded; empty parts
  * ("&&") are skipped.  NGX_OK; NGX_DECLINED and *err; NGX_ERROR.
  */

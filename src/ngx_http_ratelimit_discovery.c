@@ -260,14 +260,7 @@ ngx_http_ratelimit_redis_sentinel(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    if (shard->user.len && shard->password.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"user=%V\" requires \"password=\"",
-                           &shard->user);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_http_ratelimit_shard_unique(cf, rmcf) != NGX_OK) {
+    if (ngx_http_ratelimit_shard_check(cf, rmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 

@@ -717,14 +717,7 @@ ngx_http_ratelimit_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
-    if (shard->user.len && shard->password.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"user=%V\" requires \"password=\"",
-                           &shard->user);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_http_ratelimit_shard_unique(cf, rmcf) != NGX_OK) {
+    if (ngx_http_ratelimit_shard_check(cf, rmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -786,7 +779,7 @@ ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
 
 
 ngx_int_t
-ngx_http_ratelimit_shard_unique(ngx_conf_t *cf,
+ngx_http_ratelimit_shard_check(ngx_conf_t *cf,
     ngx_http_ratelimit_main_conf_t *rmcf)
 {
     ngx_uint_t                        i;
@@ -794,6 +787,13 @@ ngx_http_ratelimit_shard_unique(ngx_conf_t *cf,
 
     shard = rmcf->shards.elts;
     last = &shard[rmcf->shards.nelts - 1];
+
+    if (last->user.len && last->password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"user=%V\" requires \"password=\"",
+                           &last->user);
+        return NGX_ERROR;
+    }
 
     for (i = 0; i < rmcf->shards.nelts - 1; i++) {
         if (shard[i].name.len == last->name.len

@@ -155,13 +155,14 @@ typedef struct {
 
 
 /*
- * A shard line's parameter, "weight=" or "password=": NGX_DECLINED when it
- * is neither, NGX_ERROR (logged) when its value is bad.  unique(): the
- * shard added last has a name of its own.
+ * A shard line's parameter, "weight=", "user=", "password=" or "tls":
+ * NGX_DECLINED when it is none of them, NGX_ERROR (logged) when its value is
+ * bad.  check(): the shard added last, all its parameters read, has a name
+ * of its own and a password for its user.
  */
 ngx_int_t ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
     ngx_http_ratelimit_shard_conf_t *shard, ngx_str_t *value);
-ngx_int_t ngx_http_ratelimit_shard_unique(ngx_conf_t *cf,
+ngx_int_t ngx_http_ratelimit_shard_check(ngx_conf_t *cf,
     ngx_http_ratelimit_main_conf_t *rmcf);
 
 
