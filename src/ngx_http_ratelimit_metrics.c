@@ -552,25 +552,12 @@ ngx_http_ratelimit_metrics_handler(ngx_http_request_t *r)
     ngx_buf_t                       *b;
     ngx_uint_t                       i, samples;
     ngx_chain_t                      out;
-    ngx_table_elt_t                 *allow;
     ngx_http_ratelimit_zone_t       *zone;
     ngx_http_ratelimit_series_t     *s;
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-
-        /* as the dav module does: the error page keeps the header */
-
-        allow = ngx_list_push(&r->headers_out.headers);
-        if (allow == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        allow->hash = 1;
-        ngx_str_set(&allow->key, "Allow");
-        ngx_str_set(&allow->value, "GET, HEAD");
-
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_ratelimit_stats_not_allowed(r);
     }
 
     rc = ngx_http_discard_request_body(r);

@@ -27,7 +27,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     ngx_http_ratelimit_main_conf_t  *rmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_ratelimit_stats_not_allowed(r);
     }
 
     rc = ngx_http_discard_request_body(r);
@@ -100,4 +100,24 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_stats_not_allowed(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *allow;
+
+    /* as the dav module does: the error page keeps the header */
+
+    allow = ngx_list_push(&r->headers_out.headers);
+    if (allow == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    allow->hash = 1;
+    ngx_str_set(&allow->key, "Allow");
+    ngx_str_set(&allow->value, "GET, HEAD");
+
+    return NGX_HTTP_NOT_ALLOWED;
 }

@@ -44,5 +44,8 @@ extern ngx_http_ratelimit_stats_t  *ngx_http_ratelimit_counters;
 
 ngx_int_t ngx_http_ratelimit_stats_handler(ngx_http_request_t *r);
 
+/* 405 with "Allow: GET, HEAD", for the locations that only show */
+ngx_int_t ngx_http_ratelimit_stats_not_allowed(ngx_http_request_t *r);
+
 
 #endif /* _NGX_HTTP_RATELIMIT_STATS_H_INCLUDED_ */

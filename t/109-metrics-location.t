@@ -1,16 +1,16 @@
 # The ratelimit_metrics location on its own: the exposition's content type,
-# 405 with Allow for anything but GET and HEAD, and nginx -t naming the
-# directive when it is misplaced, has arguments, or has no zone.  The
-# values themselves, read by a real Prometheus parser under traffic and
-# reloads, are t/213-metrics.t's.
+# 405 with Allow for anything but GET and HEAD (ratelimit_stats' too), and
+# nginx -t naming the directive when it is misplaced, has arguments, or has
+# no zone.  The values themselves, read by a real Prometheus parser under
+# traffic and reloads, are t/213-metrics.t's.
 
 use Test::Nginx::Socket;
 
 repeat_each(1);
 
-# 2 blocks of 3 and 2 tests; every other block is must_die (1) + one
+# 3 blocks of 3, 2 and 2 tests; every other block is must_die (1) + one
 # error_log pattern (1)
-plan tests => repeat_each() * (3 + 2 + (blocks() - 2) * 2);
+plan tests => repeat_each() * (3 + 2 + 2 + (blocks() - 3) * 2);
 
 run_tests();
 
@@ -47,7 +47,21 @@ Allow: GET, HEAD
 
 
 
-=== TEST 3: no zone
+=== TEST 3: ratelimit_stats answers a POST the same way
+--- http_config
+    ratelimit_zone ratelimit:1m;
+--- config
+    location = /stats { ratelimit_stats; }
+--- request
+POST /stats
+x
+--- error_code: 405
+--- response_headers
+Allow: GET, HEAD
+
+
+
+=== TEST 4: no zone
 --- config
     location = /metrics { ratelimit_metrics; }
 --- must_die
@@ -56,7 +70,7 @@ qr/\[emerg\] .*"ratelimit_metrics" .*require "ratelimit_zone"/
 
 
 
-=== TEST 4: an argument
+=== TEST 5: an argument
 --- http_config
     ratelimit_zone ratelimit:1m;
 --- config
@@ -67,7 +81,7 @@ qr/\[emerg\] .*invalid number of arguments in "ratelimit_metrics" directive/
 
 
 
-=== TEST 5: not in a location
+=== TEST 6: not in a location
 --- http_config
     ratelimit_zone ratelimit:1m;
 --- config
