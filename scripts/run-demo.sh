@@ -90,7 +90,9 @@ the 11th request of a minute gets 429 with Retry-After.  Give alice more:
 
 The admin token is in build/demo/conf/admin.token (README, "The admin
 endpoint", has every call).
-Counters: curl http://127.0.0.1:8080/ratelimit/stats    Ctrl-C stops it.
+Counters: curl http://127.0.0.1:8080/ratelimit/stats (JSON) or
+          curl http://127.0.0.1:8080/ratelimit/metrics (Prometheus).
+Ctrl-C stops it.
 
 MSG
 
