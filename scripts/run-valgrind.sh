@@ -41,15 +41,17 @@ opts="--tool=memcheck --leak-check=full --show-possibly-lost=no
 opts=$(echo $opts)
 
 # The block suites, and the multi-node suites that exercise failing shards,
-# reloads, the ring and the admin endpoint without depending much on
-# speed, and the fault soak (t/103, t/300 and t/400 have checks of timing
-# that valgrind's slowness can fail: their verdict is printed, the
-# checker's is the run's).
+# reloads, the ring, Sentinel, moving host names, TLS and the admin
+# endpoint without depending much on speed, and the fault soak (t/103,
+# t/220, t/300 and t/400 have checks of timing that valgrind's slowness can
+# fail: their verdict is printed, the checker's is the run's).
 if [ $# -eq 0 ]; then
     set -- t/100-limit.t t/101-config-errors.t t/102-headers.t \
            t/103-algorithms.t t/109-metrics-location.t \
            t/201-shard-failure.t t/202-reload.t t/203-ring-oracle.t \
-           t/213-metrics.t t/300-admin.t t/400-fault-soak.t
+           t/213-metrics.t t/214-sentinel.t t/215-dns-moves.t \
+           t/220-redis-tls-acl.t t/300-admin.t t/305-admin-usage.t \
+           t/306-rule-expiry.t t/400-fault-soak.t
 fi
 
 # the soak with a zone that does not fill, so that its reloads change the
