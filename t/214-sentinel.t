@@ -2,7 +2,8 @@
 # a primary, a replica and three sentinels on loopback; the first sentinel
 # nginx is given is down.  The primary is killed under load: every request
 # is answered, no worker crashes, the keys follow the promoted replica
-# (counts go on there), the admin endpoint writes rules to it.  A sentinel
+# (counts go on there), the admin endpoint writes rules to it; reloads
+# under load (one refused) keep the count exact.  A sentinel
 # that names a replica is not believed: ROLE says it is no primary.
 
 use strict;
@@ -49,7 +50,7 @@ my $dead = RLTest::Redis::free_port();
 my $addrs = join ' ', "127.0.0.1:$dead",
                       map { "127.0.0.1:$_->{port}" } @sentinels;
 
-my $nginx = RLTest::Nginx->start(workers => 2, http => <<"EOF");
+my $http = <<"EOF";
     ratelimit_zone ratelimit:1m;
     ratelimit_redis_sentinel mymaster $addrs;
     ratelimit_redis_timeout 500ms;
@@ -84,6 +85,8 @@ my $nginx = RLTest::Nginx->start(workers => 2, http => <<"EOF");
         }
     }
 EOF
+
+my $nginx = RLTest::Nginx->start(workers => 2, http => $http);
 
 sub key_of { "rl:tb:http_x_user_id:k:$_[0]" }
 
@@ -208,6 +211,53 @@ subtest 'the log' => sub {
     like $log, qr/shard mymaster moved from 127\.0\.0\.1:$p to 127\.0\.0\.1:$r \(\+switch-master/,
         'names the switch';
     unlike $log, qr/exited on signal|\[alert\]|\[emerg\]/, 'no worker crashed';
+};
+
+subtest 'reloads under load, one refused: counts exact, old workers leave their sentinels' => sub {
+    my $user = unique_key('reload');
+    is $nginx->get('/limited/x', 'X-User-Id' => $user)->{status}, 200,
+        'a first request counted';
+
+    # 8 clients for about 3 s, while the node reloads, is refused a broken
+    # configuration, and reloads again
+    my $kids = RLTest::Nginx::parallel_start(8, sub {
+        my $until = time + 3;
+        my @got;
+        while (time < $until) {
+            push @got, $nginx->get('/open/x', 'X-User-Id' => "load-$_[0]")->{status};
+        }
+        return @got;
+    });
+    sleep 0.5;
+    ok $nginx->reload_nowait($http), 'reloaded';
+    sleep 0.5;
+    is $nginx->reload_nowait($http . "    ratelimit_redis_sentinel mymaster;\n"), 0,
+        'a broken configuration refused';
+    sleep 0.5;
+    ok $nginx->reload_nowait($http), 'reloaded again';
+    my $count = status_counts(RLTest::Nginx::parallel_wait($kids));
+    ok $count->{200} && !grep({ $_ ne '200' } keys %$count),
+        'every request under the reloads answered 200 (fail open or not): '
+        . join ' ', map { "$_ x$count->{$_}" } sort keys %$count;
+
+    my $allowed = 0;
+    for (1 .. 40) {
+        my $status = $nginx->get('/limited/x', 'X-User-Id' => $user)->{status};
+        last if $status == 429;
+        $allowed++ if $status == 200;
+    }
+    is $allowed, 29, 'the count went on exactly: 29 more of 30';
+
+    # each worker holds one subscription; the old workers' are closed
+    my $subscribed = 0;
+    wait_until(10, sub {
+        $subscribed = 0;
+        $subscribed += () = scli($_, 'CLIENT', 'LIST') =~ /cmd=subscribe/g
+            for @sentinels;
+        $subscribed == 2;
+    });
+    is $subscribed, 2, 'two subscriptions to the sentinels, one per worker';
+    unlike $nginx->error_log, qr/exited on signal|\[alert\]/, 'no crash';
 };
 
 subtest 'a sentinel that names a replica is not believed' => sub {
