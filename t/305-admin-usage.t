@@ -6,6 +6,7 @@
 use strict;
 use warnings;
 
+use IO::Socket::INET;
 use JSON::PP;
 use Test::More;
 use Time::HiRes qw(sleep);
@@ -232,6 +233,44 @@ like usage($na, 'policy=burst&key=x&source=nope')->{json}{error},
     $r = usage($na, "policy=burst&key=$u1", 'DELETE');
     is $r->{status}, 503, '... and a reset too: 503';
     $shard->restart;
+}
+
+# the caller's shard stalls: clients that leave before the answer, and one
+# that waits, which gets 503 within the timeout; then the shard wakes
+{
+    # the shard restarted above is taken back at its next probe
+    my $u;
+    for (1 .. 40) {
+        $u = usage($na, "policy=burst&key=$u1")->{json};
+        last if $u && $u->{shard};
+        sleep 0.1;
+    }
+    my ($shard) = grep { $_->port == ($u->{shard} =~ /:(\d+)$/)[0] } @redis;
+    kill 'STOP', $shard->pid;
+    my @left;
+    for my $method (qw(GET DELETE GET DELETE)) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => $na->port) or die $!;
+        print $s "$method /admin/limits/usage?policy=burst&key=$u1 HTTP/1.1\r\n"
+            . "Host: x\r\nAuthorization: Bearer $token\r\n\r\n";
+        push @left, $s;
+    }
+    sleep 0.1;
+    close $_ for @left;
+    my $t0 = Time::HiRes::time();
+    my $r = usage($na, "policy=burst&key=$u1");
+    my $took = Time::HiRes::time() - $t0;
+    is $r->{status}, 503, sprintf 'a read that waits on a stalled shard: 503 '
+        . '(%.2f s)', $took;
+    cmp_ok $took, '<', 3, '... within the timeout, not when the shard wakes';
+    kill 'CONT', $shard->pid;
+    my $ok = 0;
+    for (1 .. 40) {
+        $r = usage($na, "policy=burst&key=$u1");
+        last if $ok = $r->{status} == 200;
+        sleep 0.1;
+    }
+    ok $ok, 'once the shard woke, reads are answered again';
 }
 
 is_deeply [$na->crashes, $nb->crashes], [], 'no worker crashed';
