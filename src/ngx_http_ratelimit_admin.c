@@ -118,6 +118,8 @@ static ngx_int_t ngx_http_ratelimit_admin_authorized(ngx_http_request_t *r,
 static ngx_int_t ngx_http_ratelimit_admin_path(ngx_http_request_t *r,
     ngx_str_t *base, ngx_str_t *path, ngx_uint_t *usage);
 static ngx_int_t ngx_http_ratelimit_admin_list(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_admin_indexing(ngx_http_request_t *r,
+    long long indexed, long long fields);
 static ngx_int_t ngx_http_ratelimit_admin_listed(ngx_http_request_t *r,
     ngx_int_t outcome, redisReply *reply);
 static ngx_int_t ngx_http_ratelimit_admin_list_rule(yajl_gen g,
@@ -1414,6 +1416,19 @@ ngx_http_ratelimit_admin_listed(ngx_http_request_t *r, ngx_int_t outcome,
                                               NULL, "no shard answered");
     }
 
+    /* {-1, indexed, fields}: the shard is making its index again */
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3
+        && reply->element[0]->type == REDIS_REPLY_INTEGER
+        && reply->element[0]->integer == -1
+        && reply->element[1]->type == REDIS_REPLY_INTEGER
+        && reply->element[2]->type == REDIS_REPLY_INTEGER)
+    {
+        return ngx_http_ratelimit_admin_indexing(r,
+                                                 reply->element[1]->integer,
+                                                 reply->element[2]->integer);
+    }
+
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2
         || reply->elements % 2 != 0
         || reply->element[0]->type != REDIS_REPLY_INTEGER)
@@ -1503,6 +1518,35 @@ unusable:
  * What no PUT could have stored (a field edited by hand, a garbled value)
  * is left out rather than shown as something it is not.
  */
+
+/*
+ * 503 with Retry-After: the shard the list is read from is making its
+ * index of the rules again, a step per call (lua/rules_list.lua).
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_admin_indexing(ngx_http_request_t *r, long long indexed,
+    long long fields)
+{
+    u_char  *message;
+
+    message = ngx_pnalloc(r->pool, 128 + 2 * NGX_INT64_LEN);
+    if (message == NULL
+        || ngx_http_ratelimit_admin_header(r, "Retry-After", "1") == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    (void) ngx_sprintf(message, "the shard is making its index of the rules "
+                       "again (%L of %L fields), retry%Z", indexed, fields);
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "ratelimit: %s", message);
+
+    return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                          NULL, (const char *) message);
+}
+
 
 static ngx_int_t
 ngx_http_ratelimit_admin_list_rule(yajl_gen g, redisReply *field,
