@@ -592,6 +592,16 @@ ngx_http_ratelimit_batch_fail_conn(ngx_http_ratelimit_conn_t *conn,
 }
 
 
+void
+ngx_http_ratelimit_batch_drop_stalled(ngx_http_ratelimit_conn_t *conn,
+    ngx_msec_t timeout)
+{
+    if (ngx_http_ratelimit_redis_stuck(conn, timeout)) {
+        ngx_http_ratelimit_batch_fail_conn(conn, "timed out");
+    }
+}
+
+
 /*
  * Every member still there learns how its checks ended, each once; the
  * batch is then free again.  A member's handler may queue new checks, in

@@ -103,6 +103,14 @@ ngx_int_t ngx_http_ratelimit_batch_add(ngx_uint_t shard,
  */
 void ngx_http_ratelimit_batch_detach(ngx_http_ratelimit_member_t *member);
 
+/*
+ * A shard that owes an answer older than "timeout" (or took that long to
+ * connect) is dropped, as a check batch's timeout drops it: for the admin
+ * commands and the rules poll, on a node whose checks might not notice.
+ */
+void ngx_http_ratelimit_batch_drop_stalled(ngx_http_ratelimit_conn_t *conn,
+    ngx_msec_t timeout);
+
 void ngx_http_ratelimit_batch_exit_process(void);
 
 

@@ -718,8 +718,14 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
                    "ratelimit: connecting to shard %V: %i",
                    &conn->shard->name, rc);
 
+    /*
+     * On failure the commands queued here (AUTH, ROLE) go with the
+     * connection: left waiting, the next connection's replies would be
+     * paired with them.  Nothing else waits on a connection being made.
+     */
+
     if (ngx_http_ratelimit_redis_auth(conn) != NGX_OK) {
-        ngx_http_ratelimit_redis_close(conn);
+        ngx_http_ratelimit_redis_settle(conn);
         return NGX_ERROR;
     }
 
@@ -734,7 +740,7 @@ ngx_http_ratelimit_redis_connect(ngx_http_ratelimit_conn_t *conn)
                                            conn)
             == NULL)
         {
-            ngx_http_ratelimit_redis_close(conn);
+            ngx_http_ratelimit_redis_settle(conn);
             return NGX_ERROR;
         }
     }
@@ -1389,10 +1395,19 @@ ngx_http_ratelimit_redis_auth_done(void *data, redisReply *reply)
         return;
     }
 
+    /*
+     * A Sentinel shard's node answers for the shard only once ROLE, queued
+     * behind AUTH, has shown it is the primary: until then a replica would
+     * be marked up, for every worker, at each probe.
+     */
+
     if (reply->type != REDIS_REPLY_ERROR) {
-        ngx_http_ratelimit_redis_event(conn->index,
-                                       NGX_HTTP_RATELIMIT_REDIS_REPLY, NULL,
-                                       conn->log);
+        if (!ngx_http_ratelimit_discovery_verify(conn->shard)) {
+            ngx_http_ratelimit_redis_event(conn->index,
+                                           NGX_HTTP_RATELIMIT_REDIS_REPLY,
+                                           NULL, conn->log);
+        }
+
         return;
     }
 

@@ -23,6 +23,7 @@
 
 
 #include "ngx_http_ratelimit_rules.h"
+#include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_zone.h"
 #include "ngx_http_ratelimit_redis.h"
 #include "ngx_http_ratelimit_cache.h"
@@ -605,6 +606,12 @@ ngx_http_ratelimit_poll_abandon(ngx_http_ratelimit_poller_t *poller)
         if (poller->shards[i].slot) {
             ngx_http_ratelimit_redis_detach(poller->shards[i].slot);
             poller->shards[i].slot = NULL;
+
+            /* as the admin's timeout does: see rules_store_expire() */
+
+            ngx_http_ratelimit_batch_drop_stalled(
+                ngx_http_ratelimit_redis_conn(poller->shards[i].index),
+                NGX_HTTP_RATELIMIT_POLL_TIMEOUT);
         }
     }
 

@@ -21,6 +21,7 @@
 
 
 #include "ngx_http_ratelimit_rules_store.h"
+#include "ngx_http_ratelimit_batch.h"
 #include "ngx_http_ratelimit_zone.h"
 #include "ngx_http_ratelimit_cache.h"
 #include "ngx_http_ratelimit_redis.h"
@@ -853,6 +854,20 @@ ngx_http_ratelimit_rules_store_expire(ngx_http_ratelimit_rules_op_t *op)
     }
 
     op->pending = 0;
+
+    /*
+     * A node that only takes admin calls sends no checks whose timeout
+     * would drop a connection that stopped answering: drop it here, so the
+     * shard is marked down and connected to again (or found again).
+     */
+
+    for (i = 0; i < op->nshards; i++) {
+        if (op->shards[i].state == NGX_HTTP_RATELIMIT_RULES_SHARD_LATE) {
+            ngx_http_ratelimit_batch_drop_stalled(
+                ngx_http_ratelimit_redis_conn(op->shards[i].index),
+                op->timeout);
+        }
+    }
 }
 
 

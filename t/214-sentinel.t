@@ -263,10 +263,11 @@ subtest 'reloads under load, one refused: counts exact, old workers leave their 
 subtest 'a sentinel that names a replica is not believed' => sub {
     my $second = RLTest::Redis->start(
         args => ['--replicaof', '127.0.0.1', $replica->port]);
+    $second->cli('CONFIG', 'SET', 'requirepass', 'sekret-0123');
     my $liar = start_liar($second->port);
     my $other = RLTest::Nginx->start(workers => 1, http => <<"EOF");
     ratelimit_zone ratelimit:1m;
-    ratelimit_redis_sentinel mymaster 127.0.0.1:$liar->{port};
+    ratelimit_redis_sentinel mymaster 127.0.0.1:$liar->{port} password=sekret-0123;
     ratelimit_redis_timeout 500ms;
 
     server {
@@ -289,6 +290,8 @@ EOF
     is_deeply [grep { $_ != 503 } @st], [], 'every check fails closed';
     like $other->error_log, qr/shard mymaster: the node is not a primary \(ROLE\)/,
         'the log says why';
+    unlike $other->error_log, qr/shard mymaster is back up/,
+        'its AUTH accepted, the replica is never taken as the shard answering';
     ok $liar->{asked} = wait_until(5, sub { liar_connections($liar) >= 2 }),
         'the sentinel is asked again after the refusal';
     unlike $other->error_log, qr/exited on signal|\[alert\]/, 'no crash';

@@ -172,6 +172,9 @@ subtest 'a change that failed (503) while a shard stalled changes nothing, anywh
 
     my $log = $nodes[0]->error_log;
     like $log, qr/timed out waiting for shards/, 'the timeout is logged';
+    my $port2 = $redis[1]->port;
+    like $log, qr/shard 127\.0\.0\.1:$port2 marked down: timed out/,
+        'a node that sent no check drops the stalled connection itself';
     like $log, qr/\Qstall\E[^"\n]*-\\xC2\\x85\\x22"/,
         'with the customer id escaped';
     unlike $log, qr/\x{c2}\x{85}/, 'no raw NEL in the log';
