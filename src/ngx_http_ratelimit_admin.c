@@ -1057,9 +1057,12 @@ ngx_http_ratelimit_admin_changed(ngx_http_request_t *r, ngx_int_t outcome,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
 
+    /* an expired rule was no rule, as GET and the list say */
+
     if (r->method == NGX_HTTP_DELETE) {
         return ngx_http_ratelimit_admin_send_deleted(r, &ctx->rule,
-                                                     before != NULL);
+                   before != NULL
+                   && (before->expires == 0 || before->expires > ngx_time()));
     }
 
     return ngx_http_ratelimit_admin_send_rule(r, &ctx->rule);
@@ -2011,6 +2014,18 @@ ngx_http_ratelimit_admin_usage_gone(ngx_http_request_t *r, ngx_int_t outcome,
     ngx_http_ratelimit_admin_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_module);
+
+    /* a reset sent but not answered in time may yet be run */
+
+    if (outcome == NGX_HTTP_RATELIMIT_RULES_FAILED) {
+        return ngx_http_ratelimit_admin_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                    NULL, ctx->resent
+                          ? "the shard of the caller's sliding window count "
+                            "did not answer the reset in time, and may yet "
+                            "run it (its token bucket count is reset)"
+                          : "the caller's shard did not answer the reset in "
+                            "time, and may yet run it");
+    }
 
     if (outcome != NGX_HTTP_RATELIMIT_RULES_OK
         || reply->type != REDIS_REPLY_INTEGER)

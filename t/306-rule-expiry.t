@@ -95,6 +95,9 @@ sub rfc3339 { strftime('%Y-%m-%dT%H:%M:%SZ', gmtime $_[0]) }
     like admin($na, 'GET', "/$c")->{json}{error}, qr/expired/, '... saying it expired';
     my $list = admin($na, 'GET', '?limit=1000')->{json}{rules};
     ok !(grep { $_->{customer_id} eq $c } @$list), 'the list leaves it out';
+    my $d = admin($na, 'DELETE', "/$c");
+    is_deeply [$d->{status}, $d->{json}{deleted}], [200, JSON::PP::false],
+        'DELETE of it: 200, "deleted": false, as GET and the list say';
 }
 
 # an expired rule of a policy: the customer's rule for every policy again
