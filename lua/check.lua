@@ -179,6 +179,9 @@ local function tb(o, v, L, W, c)
                     or d - (x - 1) * L + K <= LW then
                 x = tb_first(d, K, L, W, LW)
             end
+            -- Past 2^53 (L * W) the sums round: units that are not there
+            -- yet are never said to be there now.
+            if x < 1 then x = 1 end
         end
         out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] =
             1, r, 0, reset, x
