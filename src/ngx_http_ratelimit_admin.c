@@ -1146,20 +1146,9 @@ static ngx_int_t
 ngx_http_ratelimit_admin_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body)
 {
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    ngx_buf_t  *b;
 
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = body->len;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
+    static ngx_str_t  type = ngx_string("application/json");
 
     b = ngx_calloc_buf(r->pool);
     if (b == NULL) {
@@ -1169,13 +1158,8 @@ ngx_http_ratelimit_admin_send(ngx_http_request_t *r, ngx_uint_t status,
     b->pos = body->data;
     b->last = body->data + body->len;
     b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_ratelimit_send(r, status, &type, type.len, b);
 }
 
 

@@ -892,9 +892,8 @@ ngx_http_ratelimit_sentinel_close(ngx_http_ratelimit_source_t *src)
 static void
 ngx_http_ratelimit_sentinel_write(ngx_event_t *wev)
 {
-    int                           err;
     ssize_t                       n;
-    socklen_t                     len;
+    ngx_err_t                     err;
     ngx_connection_t             *c;
     ngx_http_ratelimit_source_t  *src;
 
@@ -902,14 +901,7 @@ ngx_http_ratelimit_sentinel_write(ngx_event_t *wev)
     src = c->data;
 
     if (src->state == NGX_HTTP_RATELIMIT_SENTINEL_CONNECTING) {
-        err = 0;
-        len = sizeof(int);
-
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
-            == -1)
-        {
-            err = ngx_socket_errno;
-        }
+        err = ngx_http_ratelimit_connect_error(c);
 
         if (err) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, err,

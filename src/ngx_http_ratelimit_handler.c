@@ -1729,14 +1729,13 @@ ngx_http_ratelimit_problem(ngx_http_ratelimit_ctx_t *ctx)
 {
     u_char                      *p;
     size_t                       len;
-    ngx_int_t                    rc;
     ngx_buf_t                   *b;
     ngx_uint_t                   i, n;
-    ngx_chain_t                  out;
     ngx_http_request_t          *r;
     ngx_http_ratelimit_check_t  *check;
 
-    static u_char  head[] =
+    static ngx_str_t  type = ngx_string("application/problem+json");
+    static u_char     head[] =
         "{\"type\":\"https://iana.org/assignments/http-problem-types"
         "#quota-exceeded\",\"title\":\"Request cannot be satisfied as "
         "assigned quota has been exceeded\",\"status\":";
@@ -1779,25 +1778,8 @@ ngx_http_ratelimit_problem(ngx_http_ratelimit_ctx_t *ctx)
     p = ngx_cpymem(p, "]}\n", 3);
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = ctx->rc;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/problem+json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_ratelimit_send(r, ctx->rc, &type, type.len, b);
 }
 
 

@@ -551,10 +551,11 @@ ngx_http_ratelimit_metrics_handler(ngx_http_request_t *r)
     ngx_int_t                        rc;
     ngx_buf_t                       *b;
     ngx_uint_t                       i, samples;
-    ngx_chain_t                      out;
     ngx_http_ratelimit_zone_t       *zone;
     ngx_http_ratelimit_series_t     *s;
     ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    static ngx_str_t  type = ngx_string("text/plain; version=0.0.4");
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return ngx_http_ratelimit_stats_not_allowed(r);
@@ -611,24 +612,8 @@ ngx_http_ratelimit_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
-    r->headers_out.content_type_len = sizeof("text/plain") - 1;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_ratelimit_send(r, NGX_HTTP_OK, &type,
+                                   sizeof("text/plain") - 1, b);
 }
 
 

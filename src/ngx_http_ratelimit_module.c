@@ -779,6 +779,52 @@ ngx_http_ratelimit_shard_param(ngx_conf_t *cf,
 
 
 ngx_int_t
+ngx_http_ratelimit_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, size_t type_len, ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    r->headers_out.content_type = *type;
+    r->headers_out.content_type_len = type_len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_err_t
+ngx_http_ratelimit_connect_error(ngx_connection_t *c)
+{
+    int        err;
+    socklen_t  len;
+
+    err = 0;
+    len = sizeof(int);
+
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len) == -1) {
+        err = ngx_socket_errno;
+    }
+
+    return err;
+}
+
+
+ngx_int_t
 ngx_http_ratelimit_shard_check(ngx_conf_t *cf,
     ngx_http_ratelimit_main_conf_t *rmcf)
 {

@@ -166,6 +166,17 @@ ngx_int_t ngx_http_ratelimit_shard_check(ngx_conf_t *cf,
     ngx_http_ratelimit_main_conf_t *rmcf);
 
 
+/*
+ * A whole answer in one buffer: status, Content-Type ("type_len": its
+ * length without parameters, as nginx keeps it), Content-Length, body.
+ */
+ngx_int_t ngx_http_ratelimit_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, size_t type_len, ngx_buf_t *b);
+
+/* a nonblocking connect() has ended: 0, or the error it ended with */
+ngx_err_t ngx_http_ratelimit_connect_error(ngx_connection_t *c);
+
+
 /* a named policy of the http block, or NULL */
 ngx_http_ratelimit_policy_t *ngx_http_ratelimit_policy_find(
     ngx_http_ratelimit_main_conf_t *rmcf, ngx_str_t *name);

@@ -1167,8 +1167,7 @@ ngx_http_ratelimit_redis_flush(ngx_http_ratelimit_conn_t *conn)
 static void
 ngx_http_ratelimit_redis_write_handler(ngx_event_t *wev)
 {
-    int                         err;
-    socklen_t                   len;
+    ngx_err_t                   err;
     ngx_connection_t           *c;
     ngx_http_ratelimit_conn_t  *conn;
 
@@ -1176,14 +1175,7 @@ ngx_http_ratelimit_redis_write_handler(ngx_event_t *wev)
     conn = c->data;
 
     if (conn->state == NGX_HTTP_RATELIMIT_CONNECTING) {
-        err = 0;
-        len = sizeof(int);
-
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len)
-            == -1)
-        {
-            err = ngx_socket_errno;
-        }
+        err = ngx_http_ratelimit_connect_error(c);
 
         if (err) {
             ngx_log_error(NGX_LOG_ERR, conn->log, err,

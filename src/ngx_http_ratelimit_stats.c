@@ -19,12 +19,13 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     ngx_int_t                        rc;
     ngx_buf_t                       *b;
     ngx_uint_t                       i;
-    ngx_chain_t                      out;
     ngx_http_ratelimit_ring_t       *ring;
     ngx_http_ratelimit_zone_t       *zone;
     ngx_http_ratelimit_stats_t      *st;
     ngx_http_ratelimit_health_t     *h;
     ngx_http_ratelimit_main_conf_t  *rmcf;
+
+    static ngx_str_t  type = ngx_string("application/json");
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return ngx_http_ratelimit_stats_not_allowed(r);
@@ -82,24 +83,7 @@ ngx_http_ratelimit_stats_handler(ngx_http_request_t *r)
     }
 
     b->last = ngx_cpymem(b->last, "]}\n", 3);
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_ratelimit_send(r, NGX_HTTP_OK, &type, type.len, b);
 }
 
 
